@@ -1,0 +1,86 @@
+"""The event envelope shared by every producer and consumer of events (pure).
+
+An event is JSON: ``{"v": 1, "id": …, "call_id": …, "type": …, "time": …, "data": {…}}``.
+``id`` is stable — derived from what the event describes, not from when it was produced — so a
+consumer can drop duplicates after a worker fails over and replays. In Redis an event is one
+stream entry with fields ``type``, ``id`` and ``event`` (the JSON).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+SCHEMA_VERSION = 1
+
+# Event types produced in this release.
+CALL_STARTED = "call.started"
+CALL_ENDED = "call.ended"
+DTMF = "dtmf"
+PLAYBACK_MARK = "playback.mark"
+
+
+def iso_time(epoch_ms: int) -> str:
+    """Epoch milliseconds as an ISO-8601 UTC string with millisecond precision."""
+    moment = datetime.fromtimestamp(epoch_ms / 1000, tz=UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def parse_iso_ms(text: str) -> int | None:
+    """ISO-8601 timestamp (as ACS sends it) to epoch milliseconds; None if unparseable."""
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return int(moment.timestamp() * 1000)
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One event about one call."""
+
+    id: str
+    call_id: str
+    type: str
+    time_ms: int
+    data: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "v": SCHEMA_VERSION,
+                "id": self.id,
+                "call_id": self.call_id,
+                "type": self.type,
+                "time": iso_time(self.time_ms),
+                "data": dict(self.data),
+            },
+            separators=(",", ":"),
+        )
+
+    def fields(self) -> dict[bytes | str, bytes | str | int | float]:
+        """Stream-entry fields for this event."""
+        return {b"type": self.type, b"id": self.id, b"event": self.to_json()}
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> Event:
+        obj = json.loads(text)
+        time_ms = parse_iso_ms(obj["time"])
+        if time_ms is None:
+            raise ValueError(f"event time should be ISO-8601, got {obj['time']!r}")
+        return cls(
+            id=obj["id"],
+            call_id=obj["call_id"],
+            type=obj["type"],
+            time_ms=time_ms,
+            data=obj.get("data", {}),
+        )
+
+    @classmethod
+    def from_fields(cls, raw: Mapping[bytes, bytes]) -> Event:
+        return cls.from_json(raw[b"event"])

@@ -1,0 +1,1 @@
+"""Wire protocols of call platforms, one module each (sans-I/O)."""

@@ -1,0 +1,110 @@
+"""Settings: one object built from the environment at the edge (the CLI) and passed down.
+
+Library code never reads ``os.environ``; it receives a :class:`Settings`. Every variable is
+documented in docs/operations.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from shared.errors import ConfigError
+from shared.keys import Keys
+
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+@dataclass(frozen=True, slots=True)
+class AuthSettings:
+    """Bearer-JWT validation of the WebSocket upgrade, as ACS signs it (RS256)."""
+
+    jwks_url: str | None = None
+    jwks_file: str | None = None
+    issuer: str | None = None
+    audience: str | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.jwks_url or self.jwks_file)
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything configurable, with the defaults of an embedded single-machine setup."""
+
+    redis_url: str = DEFAULT_REDIS_URL
+    prefix: str = "cs"
+    auth: AuthSettings = field(default_factory=AuthSettings)
+    max_message_bytes: int = 64 * 1024
+    in_stream_maxlen: int = 30_000
+    out_stream_maxlen: int = 30_000
+    events_maxlen: int = 10_000
+    insights_maxlen: int = 100_000
+    calls_maxlen: int = 100_000
+    call_ttl_s: int = 3600
+    flush_interval_ms: float = 2.0
+    log_level: str = "INFO"
+
+    @property
+    def keys(self) -> Keys:
+        return Keys(self.prefix)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> Settings:
+        """Build settings from ``env`` (normally ``os.environ``); raises ConfigError."""
+        defaults = cls()
+        auth = AuthSettings(
+            jwks_url=env.get("CS_AUTH_JWKS_URL") or None,
+            jwks_file=env.get("CS_AUTH_JWKS_FILE") or None,
+            issuer=env.get("CS_AUTH_ISSUER") or None,
+            audience=env.get("CS_AUTH_AUDIENCE") or None,
+        )
+        if auth.jwks_url and auth.jwks_file:
+            raise ConfigError("set CS_AUTH_JWKS_URL or CS_AUTH_JWKS_FILE, not both")
+        if auth.enabled and not (auth.issuer and auth.audience):
+            raise ConfigError(
+                "token validation needs CS_AUTH_ISSUER and CS_AUTH_AUDIENCE "
+                "(for ACS: https://acscallautomation.communication.azure.com and your ACS "
+                "resource id)"
+            )
+        return cls(
+            redis_url=env.get("REDIS_URL") or defaults.redis_url,
+            prefix=env.get("CS_PREFIX") or defaults.prefix,
+            auth=auth,
+            max_message_bytes=_int(env, "CS_MAX_MESSAGE_BYTES", defaults.max_message_bytes),
+            in_stream_maxlen=_int(env, "CS_IN_STREAM_MAXLEN", defaults.in_stream_maxlen),
+            out_stream_maxlen=_int(env, "CS_OUT_STREAM_MAXLEN", defaults.out_stream_maxlen),
+            events_maxlen=_int(env, "CS_EVENTS_MAXLEN", defaults.events_maxlen),
+            insights_maxlen=_int(env, "CS_INSIGHTS_MAXLEN", defaults.insights_maxlen),
+            calls_maxlen=_int(env, "CS_CALLS_MAXLEN", defaults.calls_maxlen),
+            call_ttl_s=_int(env, "CS_CALL_TTL_S", defaults.call_ttl_s),
+            flush_interval_ms=_float(env, "CS_FLUSH_INTERVAL_MS", defaults.flush_interval_ms),
+            log_level=(env.get("CS_LOG_LEVEL") or defaults.log_level).upper(),
+        )
+
+
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
+    if value <= 0:
+        raise ConfigError(f"{name} must be positive, got {value}")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+    if value < 0:
+        raise ConfigError(f"{name} must not be negative, got {value}")
+    return value
