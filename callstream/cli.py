@@ -1,0 +1,63 @@
+"""``callstream`` console script: one sub-command per component.
+
+Each component module exposes ``register(subparsers)``, which adds its sub-command and sets
+``run`` to a function ``(args, settings) -> exit code``. Settings are read from the environment
+here, once, and passed down.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from shared.errors import CallstreamError, ConfigError
+from shared.settings import Settings
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from callstream import demo, simulate
+    from ingress import cli as ingress_cli
+    from workers import cli as workers_cli
+
+    parser = argparse.ArgumentParser(
+        prog="callstream",
+        description="ACS-compatible call-audio streaming over Redis Streams.",
+    )
+    parser.add_argument(
+        "--log-level", default=None, help="DEBUG, INFO, WARNING or ERROR (env CS_LOG_LEVEL)"
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    ingress_cli.register(sub)
+    workers_cli.register(sub)
+    simulate.register(sub)
+    demo.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = Settings.from_env(os.environ)
+    except ConfigError as exc:
+        print(f"callstream: configuration error: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=(args.log_level or settings.log_level).upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        code: int = args.run(args, settings)
+    except KeyboardInterrupt:
+        return 130
+    except CallstreamError as exc:
+        print(f"callstream {args.command}: {exc}", file=sys.stderr)
+        return 1
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
