@@ -11,10 +11,13 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 SCHEMA_VERSION = 1
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_ONE_MS = timedelta(milliseconds=1)
 
 # Event types produced in this release.
 CALL_STARTED = "call.started"
@@ -25,7 +28,7 @@ PLAYBACK_MARK = "playback.mark"
 
 def iso_time(epoch_ms: int) -> str:
     """Epoch milliseconds as an ISO-8601 UTC string with millisecond precision."""
-    moment = datetime.fromtimestamp(epoch_ms / 1000, tz=UTC)
+    moment = _EPOCH + epoch_ms * _ONE_MS
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
@@ -37,7 +40,7 @@ def parse_iso_ms(text: str) -> int | None:
         return None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
-    return int(moment.timestamp() * 1000)
+    return (moment - _EPOCH) // _ONE_MS
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,40 @@
+"""Event envelope (pure)."""
+
+from __future__ import annotations
+
+import json
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from shared.events import SCHEMA_VERSION, Event, iso_time, parse_iso_ms
+
+
+def test_event_json_has_the_envelope_fields() -> None:
+    event = Event("c1:dtmf:3", "c1", "dtmf", 1_731_698_172_925, {"tone": "5"})
+    obj = json.loads(event.to_json())
+    assert obj == {
+        "v": SCHEMA_VERSION,
+        "id": "c1:dtmf:3",
+        "call_id": "c1",
+        "type": "dtmf",
+        "time": "2024-11-15T19:16:12.925Z",
+        "data": {"tone": "5"},
+    }
+
+
+@given(st.integers(0, 4_000_000_000_000), st.dictionaries(st.text(max_size=5), st.integers()))
+def test_event_round_trips_through_stream_fields(time_ms: int, data: dict[str, int]) -> None:
+    event = Event("id", "call", "t", time_ms, data)
+    raw = {
+        k if isinstance(k, bytes) else k.encode(): str(v).encode()
+        for k, v in event.fields().items()
+    }
+    assert Event.from_fields(raw) == event
+
+
+def test_acs_timestamps_parse_to_epoch_ms() -> None:
+    assert parse_iso_ms("2024-11-15T19:16:12.925Z") == 1_731_698_172_925
+    assert parse_iso_ms("2024-11-15T19:16:12.925") == 1_731_698_172_925
+    assert parse_iso_ms("yesterday") is None
+    assert iso_time(1_731_698_172_925) == "2024-11-15T19:16:12.925Z"
