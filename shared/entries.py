@@ -12,8 +12,13 @@ from dataclasses import dataclass
 
 from shared.audio import AudioFormat, Mode
 
-Fields = dict[bytes | str, bytes | str | int | float]
+# What XADD accepts (the same union as redis-py's FieldT/EncodableT, without importing it).
+FieldValue = bytes | bytearray | memoryview | str | int | float
+Fields = dict[FieldValue, FieldValue]
+# What Redis returns for one entry, and for an XREAD of several streams.
 RawFields = Mapping[bytes, bytes]
+StreamEntries = list[tuple[bytes, dict[bytes, bytes]]]
+XReadReply = list[tuple[bytes, StreamEntries]]
 
 
 class EntryError(ValueError):

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from shared.entries import Fields
+
 SCHEMA_VERSION = 1
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -66,7 +68,7 @@ class Event:
             separators=(",", ":"),
         )
 
-    def fields(self) -> dict[bytes | str, bytes | str | int | float]:
+    def fields(self) -> Fields:
         """Stream-entry fields for this event."""
         return {b"type": self.type, b"id": self.id, b"event": self.to_json()}
 

@@ -1,0 +1,279 @@
+"""The egress of one gateway process: out streams → paced ``AudioData`` on the call sockets.
+
+One reader task serves every attached call with a single ``XREAD BLOCK`` over all their out
+streams (one Redis connection, not one per call). Each call has a small task that sleeps until
+its :class:`~egress.playout.Playout` has something due and sends it, so a slow socket only ever
+delays its own call. Nothing else writes audio to a call's socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import cast
+
+import redis.asyncio as aioredis
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from redis.exceptions import RedisError
+from redis.typing import KeyT, StreamIdT
+
+from egress.playout import MarkReached, Playout, SendFrame, SendStop
+from shared.audio import FRAME_MS, AudioFormat
+from shared.entries import EntryError, XReadReply, decode_out
+from shared.events import PLAYBACK_MARK, Event
+from shared.protocols.acs import build_audio_data, build_stop_audio
+from shared.settings import Settings
+
+log = logging.getLogger(__name__)
+
+Send = Callable[[str], Awaitable[None]]
+
+READ_BLOCK_MS = 100  # bound on how long a newly attached call waits to join the shared read
+READ_COUNT = 200  # entries per stream per read
+MAX_BACKOFF_S = 2.0
+
+
+class EgressMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.frames = Counter(
+            "callstream_egress_frames_sent_total", "20 ms frames sent to calls", registry=registry
+        )
+        self.stops = Counter(
+            "callstream_egress_stops_sent_total", "StopAudio messages sent", registry=registry
+        )
+        self.marks = Counter(
+            "callstream_egress_marks_reached_total", "Playback marks reached", registry=registry
+        )
+        self.restarts = Counter(
+            "callstream_egress_schedule_restarts_total",
+            "Times audio resumed after the playout schedule had fallen behind the clock",
+            registry=registry,
+        )
+        self.send_failures = Counter(
+            "callstream_egress_send_failures_total",
+            "Sends that failed; the call was detached",
+            registry=registry,
+        )
+        self.bad_entries = Counter(
+            "callstream_egress_bad_entries_total", "Out-stream entries skipped", registry=registry
+        )
+        self.redis_errors = Counter(
+            "callstream_egress_redis_errors_total", "Failed out-stream reads", registry=registry
+        )
+        self.late = Histogram(
+            "callstream_egress_send_lateness_seconds",
+            "How long after its release time (slot - lead) a frame was sent",
+            buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25),
+            registry=registry,
+        )
+        self.calls = Gauge("callstream_egress_calls", "Calls attached to egress", registry=registry)
+
+
+@dataclass
+class _Call:
+    call_id: str
+    key: str
+    send: Send
+    playout: Playout
+    last_id: str
+    wakeup: asyncio.Event = field(default_factory=asyncio.Event)
+    marks: int = 0
+    task: asyncio.Task[None] | None = None
+
+
+class EgressHub:
+    """Paced playback for every call of one gateway process."""
+
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        settings: Settings,
+        *,
+        registry: CollectorRegistry | None = None,
+        lead_ms: float = 100.0,
+    ) -> None:
+        self._redis = redis
+        self._settings = settings
+        self._keys = settings.keys
+        self._lead_s = lead_ms / 1000
+        self._metrics = EgressMetrics(registry if registry is not None else CollectorRegistry())
+        self._calls: dict[str, _Call] = {}
+        self._by_key: dict[bytes, _Call] = {}
+        self._attached = asyncio.Event()
+        self._reader: asyncio.Task[None] | None = None
+
+    @property
+    def attached(self) -> int:
+        return len(self._calls)
+
+    async def __aenter__(self) -> EgressHub:
+        self._reader = asyncio.create_task(self._read_loop(), name="egress-reader")
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Detach every call and stop the reader; every task is awaited."""
+        for call_id in list(self._calls):
+            await self.detach(call_id)
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+            self._reader = None
+
+    def attach(self, call_id: str, fmt: AudioFormat, send: Send, *, start_id: str) -> None:
+        """Start playing ``call_id``'s out stream, from entries after ``start_id``."""
+        if call_id in self._calls:
+            raise ValueError(f"call {call_id} is already attached to egress")
+        key = self._keys.call_out(call_id)
+        call = _Call(
+            call_id=call_id,
+            key=key,
+            send=send,
+            playout=Playout(fmt.frame_bytes, frame_s=FRAME_MS / 1000, lead_s=self._lead_s),
+            last_id=start_id,
+        )
+        call.task = asyncio.create_task(self._play(call), name=f"egress-{call_id}")
+        self._calls[call_id] = call
+        self._by_key[key.encode()] = call
+        self._metrics.calls.set(len(self._calls))
+        self._attached.set()
+
+    async def detach(self, call_id: str) -> None:
+        """Stop reading and sending for ``call_id``; idempotent."""
+        call = self._calls.pop(call_id, None)
+        if call is None:
+            return
+        self._by_key.pop(call.key.encode(), None)
+        self._metrics.calls.set(len(self._calls))
+        task = call.task
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    # ------------------------------------------------------------------ reading
+
+    async def _read_loop(self) -> None:
+        backoff_s = 0.1
+        while True:
+            if not self._calls:
+                self._attached.clear()
+                await self._attached.wait()
+                continue
+            streams: dict[KeyT, StreamIdT] = {c.key: c.last_id for c in self._calls.values()}
+            try:
+                reply = cast(
+                    XReadReply,
+                    await self._redis.xread(streams, count=READ_COUNT, block=READ_BLOCK_MS),
+                )
+            except (RedisError, OSError) as exc:
+                self._metrics.redis_errors.inc()
+                log.warning(
+                    "egress: reading out streams failed (%s); retrying in %.1f s", exc, backoff_s
+                )
+                await asyncio.sleep(backoff_s)
+                backoff_s = min(MAX_BACKOFF_S, backoff_s * 2)
+                continue
+            backoff_s = 0.1
+            for key, entries in reply or ():
+                call = self._by_key.get(key)
+                if call is None:  # detached while we were reading
+                    continue
+                for entry_id, fields in entries:
+                    call.last_id = entry_id.decode()
+                    try:
+                        call.playout.push(decode_out(fields))
+                    except EntryError as exc:
+                        self._metrics.bad_entries.inc()
+                        log.warning(
+                            "call %s: skipped out-stream entry %s: %s",
+                            call.call_id,
+                            call.last_id,
+                            exc,
+                        )
+                call.wakeup.set()
+
+    # ------------------------------------------------------------------ playing
+
+    async def _play(self, call: _Call) -> None:
+        loop = asyncio.get_running_loop()
+        playout = call.playout
+        restarts = 0
+        try:
+            while True:
+                now = loop.time()
+                actions = playout.due(now)
+                call.wakeup.clear()
+                for action in actions:
+                    if isinstance(action, SendFrame):
+                        await call.send(build_audio_data(action.pcm))
+                        self._metrics.frames.inc()
+                        self._metrics.late.observe(
+                            max(0.0, loop.time() - (action.slot_s - self._lead_s))
+                        )
+                    elif isinstance(action, SendStop):
+                        await call.send(build_stop_audio())
+                        self._metrics.stops.inc()
+                    elif isinstance(action, MarkReached):
+                        await self._publish_mark(call, action.name)
+                if playout.restarts != restarts:
+                    self._metrics.restarts.inc(playout.restarts - restarts)
+                    restarts = playout.restarts
+                wake = playout.next_wakeup(loop.time())
+                if wake is None:
+                    await call.wakeup.wait()
+                    continue
+                handle = loop.call_at(wake, call.wakeup.set)
+                try:
+                    await call.wakeup.wait()
+                finally:
+                    handle.cancel()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a dead socket or anything else: this call only
+            self._metrics.send_failures.inc()
+            log.info("call %s: egress stopped: %s", call.call_id, exc)
+            await self.detach(call.call_id)
+
+    async def _publish_mark(self, call: _Call, name: str) -> None:
+        event = Event(
+            id=f"{call.call_id}:mark:{name}:{call.marks}",
+            call_id=call.call_id,
+            type=PLAYBACK_MARK,
+            time_ms=int(time.time() * 1000),
+            data={"name": name},
+        )
+        call.marks += 1
+        fields = event.fields()
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.xadd(
+                    self._keys.call_events(call.call_id),
+                    fields,
+                    maxlen=self._settings.events_maxlen,
+                    approximate=True,
+                )
+                pipe.xadd(
+                    self._keys.insights,
+                    fields,
+                    maxlen=self._settings.insights_maxlen,
+                    approximate=True,
+                )
+                await pipe.execute()
+        except (RedisError, OSError) as exc:
+            self._metrics.redis_errors.inc()
+            log.warning("call %s: could not publish mark %r: %s", call.call_id, name, exc)
+        self._metrics.marks.inc()

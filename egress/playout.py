@@ -1,0 +1,161 @@
+"""Playout schedule of one call (sans-I/O): what to send, and when.
+
+Fed the entries of a call's out stream and asked, with the current monotonic time, which actions
+are due. It never reads a clock. Frame *k* of a continuous run is due at ``t0 + k * frame_s``
+(an absolute schedule: timer error never accumulates) and is released ``lead_s`` before its slot
+so the platform's buffer stays short and a stop takes effect quickly.
+
+* Audio of any length is re-chunked into frames; a partial tail is held while more audio may
+  follow, and is zero-padded and released when its own slot arrives with nothing more queued (or
+  when a mark closes the run).
+* A stop drops everything queued (and the held tail) and is released at once.
+* A mark is reached when playback gets to it: the slot after the audio before it has begun.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+from shared.entries import OutAudio, OutEntry, OutMark, OutStop
+
+
+@dataclass(frozen=True, slots=True)
+class SendFrame:
+    """Send this frame; ``slot_s`` is when it starts playing (monotonic seconds)."""
+
+    pcm: bytes
+    slot_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class SendStop:
+    """Tell the platform to drop what it has queued."""
+
+
+@dataclass(frozen=True, slots=True)
+class MarkReached:
+    """Playback reached the mark called ``name``."""
+
+    name: str
+
+
+Action = SendFrame | SendStop | MarkReached
+
+
+class Playout:
+    """The schedule of one call. Times are monotonic seconds (``loop.time()``)."""
+
+    __slots__ = (
+        "_frame_bytes",
+        "_frame_s",
+        "_lead_s",
+        "_next_slot",
+        "_queue",
+        "_stop_pending",
+        "_tail",
+        "restarts",
+    )
+
+    def __init__(self, frame_bytes: int, *, frame_s: float = 0.020, lead_s: float = 0.100) -> None:
+        if frame_bytes <= 0 or frame_bytes % 2:
+            raise ValueError(f"frame_bytes must be a positive even number, got {frame_bytes}")
+        if lead_s < 0:
+            raise ValueError(f"lead_s must not be negative, got {lead_s}")
+        self._frame_bytes = frame_bytes
+        self._frame_s = frame_s
+        self._lead_s = lead_s
+        self._queue: deque[bytes | OutMark] = deque()
+        self._tail = b""
+        self._next_slot: float | None = None
+        self._stop_pending = False
+        self.restarts = 0  # times audio resumed after the schedule had fallen behind the clock
+
+    @property
+    def queued_frames(self) -> int:
+        return sum(1 for item in self._queue if isinstance(item, bytes))
+
+    @property
+    def idle(self) -> bool:
+        """Nothing queued, held or pending."""
+        return not self._queue and not self._tail and not self._stop_pending
+
+    def push(self, entry: OutEntry) -> None:
+        """Queue one out-stream entry."""
+        if isinstance(entry, OutAudio):
+            data = self._tail + entry.pcm
+            whole = len(data) - len(data) % self._frame_bytes
+            size = self._frame_bytes
+            self._queue.extend(data[i : i + size] for i in range(0, whole, size))
+            self._tail = data[whole:]
+        elif isinstance(entry, OutMark):
+            self._release_tail()
+            self._queue.append(entry)
+        elif isinstance(entry, OutStop):
+            self._queue.clear()
+            self._tail = b""
+            self._stop_pending = True
+            self._next_slot = None
+
+    def due(self, now_s: float) -> list[Action]:
+        """Every action due at ``now_s``, in order."""
+        actions: list[Action] = []
+        if self._stop_pending:
+            self._stop_pending = False
+            actions.append(SendStop())
+        while True:
+            if not self._queue:
+                if not self._tail:
+                    break
+                slot = self._slot_for_next_frame(now_s, count_restart=False)
+                if slot > now_s:  # hold the tail: more audio may follow before its slot
+                    break
+                self._release_tail()
+                continue
+            item = self._queue[0]
+            if isinstance(item, OutMark):
+                if self._next_slot is not None and self._next_slot > now_s:
+                    break
+                self._queue.popleft()
+                actions.append(MarkReached(item.name))
+                continue
+            slot = self._slot_for_next_frame(now_s, count_restart=True)
+            if slot - self._lead_s > now_s:
+                break
+            self._queue.popleft()
+            actions.append(SendFrame(item, slot))
+            self._next_slot = slot + self._frame_s
+        return actions
+
+    def next_wakeup(self, now_s: float) -> float | None:
+        """When :meth:`due` next has something to do (None: only new entries can change that)."""
+        if self._stop_pending:
+            return now_s
+        if not self._queue:
+            if not self._tail:
+                return None
+            return max(now_s, self._slot_for_next_frame(now_s, count_restart=False, peek=True))
+        slot = self._slot_for_next_frame(now_s, count_restart=False, peek=True)
+        if isinstance(self._queue[0], OutMark):
+            return max(now_s, self._next_slot if self._next_slot is not None else now_s)
+        return max(now_s, slot - self._lead_s)
+
+    # ------------------------------------------------------------------ internals
+
+    def _slot_for_next_frame(
+        self, now_s: float, *, count_restart: bool, peek: bool = False
+    ) -> float:
+        """Slot of the next frame: the schedule's next slot, or now if the schedule fell behind."""
+        slot = self._next_slot
+        if slot is not None and slot >= now_s:
+            return slot
+        if not peek:
+            if slot is not None and count_restart:
+                self.restarts += 1
+            self._next_slot = now_s
+        return now_s
+
+    def _release_tail(self) -> None:
+        if self._tail:
+            self._queue.append(self._tail + bytes(self._frame_bytes - len(self._tail)))
+            self._tail = b""

@@ -1,0 +1,545 @@
+"""The gateway: ACS WebSocket endpoint, HTTP health and metrics, ingress to Redis, egress.
+
+One socket is one call. Messages are parsed by the sans-I/O :class:`InboundSession`; frames are
+published through the shared :class:`~ingress.publisher.Publisher`; audio for the call is played
+by the process's :class:`~egress.hub.EgressHub`. How each bad input is answered is tabled in
+docs/protocol.md; every reject is counted in ``callstream_ingress_rejects_total{reason}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from types import TracebackType
+from urllib.parse import parse_qs, urlsplit
+
+import redis.asyncio as aioredis
+from prometheus_client import CollectorRegistry, generate_latest
+from redis.exceptions import RedisError
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+
+from egress.hub import EgressHub
+from ingress.auth import TokenValidator
+from ingress.metrics import IngressMetrics
+from ingress.publisher import Publisher
+from shared.audio import Mode
+from shared.channels import ChannelMap
+from shared.entries import (
+    CallEnded,
+    CallStarted,
+    InDtmf,
+    InEnd,
+    InFrame,
+    encode_call,
+    encode_in,
+)
+from shared.errors import (
+    CLOSE_INTERNAL_ERROR,
+    CLOSE_MESSAGE_TOO_BIG,
+    AuthError,
+    ConfigError,
+    ProtocolError,
+    UnsupportedData,
+)
+from shared.events import CALL_ENDED, CALL_STARTED, DTMF, Event, parse_iso_ms
+from shared.keys import validate_call_id
+from shared.protocols.acs import AudioData, AudioMetadata, DtmfData, InboundSession
+from shared.settings import Settings
+
+log = logging.getLogger(__name__)
+
+HEALTH_PERIOD_S = 1.0
+SKIP_LOG_EVERY = 100  # log the first skipped message of a call, then every 100th
+LOOPBACK_NAMES = {"localhost", "ip6-localhost"}
+
+
+def is_loopback(host: str) -> bool:
+    if host in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """What the upgrade request asks for."""
+
+    call_id: str
+    mode: Mode | None
+
+
+def route(request: Request) -> Route:
+    """Call id and mode of a ``/ws`` or ``/ws/{call_id}`` upgrade; raises ValueError."""
+    parts = urlsplit(request.path)
+    query = parse_qs(parts.query)
+    path = parts.path.rstrip("/")
+    if path == "/ws":
+        call_id = (
+            request.headers.get("x-ms-call-connection-id")
+            or (query.get("callId") or [""])[0]
+            or str(uuid.uuid4())
+        )
+    elif path.startswith("/ws/") and path.count("/") == 2:
+        call_id = path[len("/ws/") :]
+    else:
+        raise LookupError(f"no such endpoint: {parts.path}")
+    mode: Mode | None = None
+    for value in query.get("mode", []):
+        if value == "mixed":
+            mode = "mixed"
+        elif value == "unmixed":
+            mode = "unmixed"
+        else:
+            raise ValueError(f"mode must be mixed or unmixed, got {value!r}")
+    return Route(validate_call_id(call_id), mode)
+
+
+@dataclass
+class _Call:
+    """State of one connected call."""
+
+    call_id: str
+    connection: ServerConnection
+    mode: Mode | None
+    connected_ms: int
+    session: InboundSession = field(default_factory=InboundSession)
+    channels: ChannelMap = field(default_factory=ChannelMap)
+    attached: bool = False  # to egress, once AudioMetadata gave the format
+    started: bool = False
+    seq: int = 0
+    skipped: int = 0
+    failed: str | None = None  # why publishing failed, once it has
+
+
+class Gateway:
+    """The ACS-compatible gateway of one process (ingress + egress)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        allow_unauthenticated: bool = False,
+        registry: CollectorRegistry | None = None,
+    ) -> None:
+        if not settings.auth.enabled and not allow_unauthenticated and not is_loopback(host):
+            raise ConfigError(
+                f"refusing to listen on {host} without authentication: configure token "
+                "validation (CS_AUTH_JWKS_URL or CS_AUTH_JWKS_FILE, CS_AUTH_ISSUER, "
+                "CS_AUTH_AUDIENCE) or pass --allow-unauthenticated"
+            )
+        self._settings = settings
+        self._keys = settings.keys
+        self._host = host
+        self._requested_port = port
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self._metrics = IngressMetrics(self.registry)
+        self._validator = TokenValidator(settings.auth) if settings.auth.enabled else None
+        self._instance = f"{uuid.uuid4().hex[:8]}"
+        self._calls: dict[str, _Call] = {}
+        self._closers: set[asyncio.Task[None]] = set()
+        self._redis_ok = False
+        self._redis_error = "not checked yet"
+        self._stack = contextlib.AsyncExitStack()
+        self._server: Server | None = None
+        self._redis: aioredis.Redis | None = None
+        self._publisher: Publisher | None = None
+        self._egress: EgressHub | None = None
+        self._health: asyncio.Task[None] | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @property
+    def port(self) -> int:
+        if self._server is None:
+            raise RuntimeError("the gateway is not running")
+        port: int = next(iter(self._server.sockets)).getsockname()[1]
+        return port
+
+    @property
+    def url(self) -> str:
+        host = f"[{self._host}]" if ":" in self._host else self._host
+        return f"ws://{host}:{self.port}/ws"
+
+    async def __aenter__(self) -> Gateway:
+        try:
+            self._redis = aioredis.Redis.from_url(
+                self._settings.redis_url, socket_timeout=5, socket_connect_timeout=2
+            )
+            self._stack.push_async_callback(self._redis.aclose)
+            self._publisher = await self._stack.enter_async_context(
+                Publisher(
+                    self._redis,
+                    self._metrics,
+                    self._on_publish_failure,
+                    flush_interval_s=self._settings.flush_interval_ms / 1000,
+                )
+            )
+            self._egress = await self._stack.enter_async_context(
+                EgressHub(self._redis, self._settings, registry=self.registry)
+            )
+            await self._check_redis()
+            self._health = asyncio.create_task(self._health_loop(), name="gateway-health")
+            self._server = await serve(
+                self._handle,
+                self._host,
+                self._requested_port,
+                process_request=self._process_request,
+                max_size=self._settings.max_message_bytes,
+                compression=None,
+                server_header="callstream",
+            )
+        except BaseException:
+            await self._stack.aclose()
+            raise
+        log.info(
+            "gateway listening on %s (Redis %s)",
+            self.url,
+            "ok" if self._redis_ok else f"unavailable: {self._redis_error}",
+        )
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close every call with 1001 (publishing its end), flush, stop every task."""
+        if self._server is not None:
+            self._server.close(close_connections=True)
+            await self._server.wait_closed()
+            self._server = None
+        if self._closers:
+            await asyncio.gather(*self._closers, return_exceptions=True)
+        if self._health is not None:
+            self._health.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._health
+            self._health = None
+        await self._stack.aclose()
+
+    async def serve_forever(self) -> None:
+        if self._server is None:
+            raise RuntimeError("the gateway is not running")
+        await self._server.serve_forever()
+
+    # ------------------------------------------------------------------ health
+
+    async def _check_redis(self) -> None:
+        assert self._redis is not None
+        try:
+            await self._redis.ping()
+        except (RedisError, OSError) as exc:
+            if self._redis_ok:
+                log.error("Redis is unavailable: %s", exc)
+            self._redis_ok, self._redis_error = False, str(exc) or type(exc).__name__
+        else:
+            if not self._redis_ok:
+                log.info("Redis is available")
+            self._redis_ok, self._redis_error = True, ""
+        self._metrics.redis_up.set(1 if self._redis_ok else 0)
+
+    async def _health_loop(self) -> None:
+        while True:
+            await asyncio.sleep(HEALTH_PERIOD_S)
+            await self._check_redis()
+
+    # ------------------------------------------------------------------ HTTP and upgrade
+
+    async def _process_request(
+        self, connection: ServerConnection, request: Request
+    ) -> Response | None:
+        path = urlsplit(request.path).path
+        if path == "/healthz":
+            return connection.respond(HTTPStatus.OK, "ok\n")
+        if path == "/readyz":
+            if self._redis_ok:
+                return connection.respond(HTTPStatus.OK, "ready\n")
+            return connection.respond(
+                HTTPStatus.SERVICE_UNAVAILABLE, f"Redis unavailable: {self._redis_error}\n"
+            )
+        if path == "/metrics":
+            response = connection.respond(HTTPStatus.OK, generate_latest(self.registry).decode())
+            response.headers["Content-Type"] = "text/plain; version=0.0.4; charset=utf-8"
+            return response
+        try:
+            target = route(request)
+        except LookupError as exc:
+            return connection.respond(HTTPStatus.NOT_FOUND, f"{exc}\n")
+        except ValueError as exc:
+            self._metrics.rejects.labels("bad_request").inc()
+            return connection.respond(HTTPStatus.BAD_REQUEST, f"{exc}\n")
+        if "upgrade" not in request.headers.get("Connection", "").lower():
+            return connection.respond(
+                HTTPStatus.UPGRADE_REQUIRED,
+                "this endpoint speaks WebSocket (ACS audio streaming)\n",
+            )
+        if self._validator is not None:
+            try:
+                await self._validator.validate(request.headers.get("Authorization"))
+            except AuthError as exc:
+                self._metrics.rejects.labels("unauthenticated").inc()
+                log.warning("refused upgrade for call %s: %s", target.call_id, exc)
+                return _unauthorized(connection, str(exc))
+        if target.call_id in self._calls:
+            self._metrics.rejects.labels("duplicate_call").inc()
+            return connection.respond(
+                HTTPStatus.CONFLICT, f"call {target.call_id} is already connected here\n"
+            )
+        return None
+
+    # ------------------------------------------------------------------ one call
+
+    async def _handle(self, connection: ServerConnection) -> None:
+        assert connection.request is not None
+        target = route(connection.request)
+        if target.call_id in self._calls:  # raced another upgrade for the same id
+            self._metrics.rejects.labels("duplicate_call").inc()
+            await connection.close(1008, f"call {target.call_id} is already connected here")
+            return
+        call = _Call(target.call_id, connection, target.mode, int(time.time() * 1000))
+        self._calls[call.call_id] = call
+        self._metrics.connections.inc()
+        reason = "normal"
+        try:
+            reason = await self._receive(call)
+        finally:
+            self._metrics.connections.dec()
+            await self._end(call, reason)
+            del self._calls[call.call_id]
+
+    async def _receive(self, call: _Call) -> str:
+        """Read the call's messages until the socket closes; returns why it ended."""
+        connection = call.connection
+        loop_time = asyncio.get_running_loop().time
+        try:
+            async for message in connection:
+                received_at = loop_time()
+                if isinstance(message, bytes):
+                    error: ProtocolError = UnsupportedData(
+                        f"expected text messages of JSON, got a binary message of "
+                        f"{len(message)} bytes"
+                    )
+                    return await self._reject(call, error)
+                try:
+                    parsed = call.session.receive(message)
+                except ProtocolError as exc:
+                    if exc.fatal:
+                        return await self._reject(call, exc)
+                    self._skip(call, exc)
+                    continue
+                if isinstance(parsed, AudioData):
+                    self._publish_frame(call, parsed, received_at)
+                elif isinstance(parsed, DtmfData):
+                    self._publish_dtmf(call, parsed)
+                elif isinstance(parsed, AudioMetadata):
+                    self._on_metadata(call, parsed)
+        except ConnectionClosed as exc:
+            if exc.sent is not None and exc.sent.code == CLOSE_MESSAGE_TOO_BIG:
+                self._metrics.rejects.labels("oversize").inc()
+                log.warning(
+                    "call %s: closed 1009: message over %d bytes",
+                    call.call_id,
+                    self._settings.max_message_bytes,
+                )
+                return "oversize"
+            return "closed"
+        if call.failed is not None:
+            return "bus_unavailable"
+        code = connection.close_code
+        return "normal" if code in (1000, 1001, None) else f"closed_{code}"
+
+    async def _reject(self, call: _Call, error: ProtocolError) -> str:
+        self._metrics.rejects.labels(error.kind).inc()
+        log.warning("call %s: closing with %d: %s", call.call_id, error.close_code, error)
+        await call.connection.close(error.close_code, error.reason)
+        return error.kind
+
+    def _skip(self, call: _Call, error: ProtocolError) -> None:
+        self._metrics.rejects.labels(error.kind).inc()
+        if call.skipped % SKIP_LOG_EVERY == 0:
+            log.warning(
+                "call %s: skipped a message (%d so far): %s", call.call_id, call.skipped + 1, error
+            )
+        call.skipped += 1
+
+    def _on_metadata(self, call: _Call, metadata: AudioMetadata) -> None:
+        assert self._egress is not None
+        if call.attached:
+            return  # a repeated, identical AudioMetadata
+        self._metrics.calls.inc()
+        self._egress.attach(
+            call.call_id,
+            metadata.format,
+            call.connection.send,
+            start_id=f"{call.connected_ms}-0",
+        )
+        call.attached = True
+        log.info(
+            "call %s: %d Hz%s",
+            call.call_id,
+            metadata.sample_rate,
+            f", {call.mode}" if call.mode else "",
+        )
+        if call.mode is not None:
+            self._publish_started(call)
+
+    def _publish_started(self, call: _Call) -> None:
+        metadata = call.session.metadata
+        assert metadata is not None
+        assert call.mode is not None
+        assert self._publisher is not None
+        now_ms = int(time.time() * 1000)
+        started = CallStarted(call.call_id, metadata.sample_rate, call.mode, now_ms, self._instance)
+        self._publisher.xadd(
+            call.call_id, self._keys.calls, encode_call(started), self._settings.calls_maxlen
+        )
+        self._publish_event(
+            call,
+            Event(
+                f"{call.call_id}:started",
+                call.call_id,
+                CALL_STARTED,
+                now_ms,
+                {"rate_hz": metadata.sample_rate, "mode": call.mode},
+            ),
+        )
+        call.started = True
+
+    def _publish_event(self, call: _Call, event: Event) -> None:
+        assert self._publisher is not None
+        fields = event.fields()
+        self._publisher.xadd(
+            call.call_id, self._keys.call_events(call.call_id), fields, self._settings.events_maxlen
+        )
+        self._publisher.xadd(
+            call.call_id, self._keys.insights, fields, self._settings.insights_maxlen
+        )
+
+    def _publish_frame(self, call: _Call, frame: AudioData, received_at: float) -> None:
+        assert self._publisher is not None
+        participant = frame.participant_raw_id or ""
+        if not call.started:
+            if call.mode is None:
+                call.mode = "unmixed" if participant else "mixed"
+            self._publish_started(call)
+        channel = call.channels.channel(participant) if call.mode == "unmixed" else 0
+        ts_ms = parse_iso_ms(frame.timestamp) if frame.timestamp else None
+        entry = InFrame(
+            seq=call.seq,
+            ts_ms=ts_ms if ts_ms is not None else int(time.time() * 1000),
+            participant=participant,
+            channel=channel,
+            silent=frame.silent,
+            pcm=frame.pcm,
+        )
+        call.seq += 1
+        self._publisher.xadd(
+            call.call_id,
+            self._keys.call_in(call.call_id),
+            encode_in(entry),
+            self._settings.in_stream_maxlen,
+            received_at,
+        )
+        self._metrics.frames.inc()
+
+    def _publish_dtmf(self, call: _Call, dtmf: DtmfData) -> None:
+        assert self._publisher is not None
+        if not call.started:
+            call.mode = call.mode or "mixed"
+            self._publish_started(call)
+        ts_ms = (parse_iso_ms(dtmf.timestamp) if dtmf.timestamp else None) or int(
+            time.time() * 1000
+        )
+        participant = dtmf.participant_raw_id or ""
+        entry = InDtmf(call.seq, ts_ms, participant, dtmf.tone)
+        self._publisher.xadd(
+            call.call_id,
+            self._keys.call_in(call.call_id),
+            encode_in(entry),
+            self._settings.in_stream_maxlen,
+        )
+        self._publish_event(
+            call,
+            Event(
+                f"{call.call_id}:dtmf:{call.seq}",
+                call.call_id,
+                DTMF,
+                ts_ms,
+                {"tone": dtmf.tone, "participant": participant},
+            ),
+        )
+        call.seq += 1
+
+    async def _end(self, call: _Call, reason: str) -> None:
+        assert self._egress is not None
+        assert self._publisher is not None
+        if call.attached:
+            call.attached = False
+            await self._egress.detach(call.call_id)
+        if call.session.metadata is None:
+            return  # never became a call: nothing was published
+        if not call.started:
+            call.mode = call.mode or "mixed"
+            self._publish_started(call)
+        now_ms = int(time.time() * 1000)
+        publisher = self._publisher
+        publisher.xadd(
+            call.call_id,
+            self._keys.call_in(call.call_id),
+            encode_in(InEnd(reason)),
+            self._settings.in_stream_maxlen,
+        )
+        publisher.xadd(
+            call.call_id,
+            self._keys.calls,
+            encode_call(CallEnded(call.call_id, now_ms, reason)),
+            self._settings.calls_maxlen,
+        )
+        self._publish_event(
+            call,
+            Event(
+                f"{call.call_id}:ended",
+                call.call_id,
+                CALL_ENDED,
+                now_ms,
+                {"reason": reason, "frames": call.seq},
+            ),
+        )
+        for key in self._keys.call_keys(call.call_id):
+            publisher.expire(call.call_id, key, self._settings.call_ttl_s)
+        log.info("call %s: ended (%s) after %d frames", call.call_id, reason, call.seq)
+
+    # ------------------------------------------------------------------ failures
+
+    def _on_publish_failure(self, call_id: str, error: str) -> None:
+        call = self._calls.get(call_id)
+        if call is None or call.failed is not None:
+            return
+        call.failed = error
+        self._metrics.rejects.labels("bus_unavailable").inc()
+        reason = f"event bus unavailable: {error}"
+        closer = asyncio.create_task(call.connection.close(CLOSE_INTERNAL_ERROR, reason[:120]))
+        self._closers.add(closer)
+        closer.add_done_callback(self._closers.discard)
+
+
+def _unauthorized(connection: ServerConnection, message: str) -> Response:
+    response = connection.respond(HTTPStatus.UNAUTHORIZED, f"{message}\n")
+    response.headers["WWW-Authenticate"] = 'Bearer realm="callstream"'
+    return response

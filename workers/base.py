@@ -1,0 +1,45 @@
+"""The contract between the worker runtime and a worker kind.
+
+The runtime owns calls, reads their inbound streams in order and hands each batch of entries to
+the kind's :class:`CallHandler`. A kind is a :data:`HandlerFactory`: given the call, it returns a
+handler; the runtime closes it when the call ends or is handed to another replica.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import redis.asyncio as aioredis
+
+from shared.entries import CallStarted, InEntry
+from shared.settings import Settings
+
+
+@dataclass(frozen=True, slots=True)
+class CallContext:
+    """What a handler needs to know about its call.
+
+    ``resume_from`` is the checkpoint (last processed in-stream entry id) when this replica took
+    the call over from another; None for a fresh call. Entries after it may have been seen by the
+    previous owner already: delivery is at least once.
+    """
+
+    call: CallStarted
+    redis: aioredis.Redis
+    settings: Settings
+    resume_from: str | None
+
+
+class CallHandler(Protocol):
+    """Processes one call's inbound entries, batch after batch, in stream order."""
+
+    async def handle(self, batch: Sequence[tuple[str, InEntry]]) -> None:
+        """Process entries ``(entry_id, entry)``; the runtime checkpoints after it returns."""
+
+    async def aclose(self) -> None:
+        """The call ended (an InEnd was in the last batch) or is being handed back."""
+
+
+HandlerFactory = Callable[[CallContext], CallHandler]

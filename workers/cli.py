@@ -1,0 +1,87 @@
+"""``callstream worker KIND``: run one replica of a worker kind until SIGTERM/SIGINT.
+
+Adding a kind: write its module with a :data:`~workers.base.HandlerFactory`, then add a parser
+in :func:`register` whose ``factory`` builds it from the parsed options.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+from collections.abc import Callable
+from typing import Any
+
+from shared.settings import Settings
+from workers.base import HandlerFactory
+from workers.echo import echo_factory
+from workers.runtime import WorkerRuntime
+
+log = logging.getLogger(__name__)
+
+FactoryFromArgs = Callable[[argparse.Namespace], HandlerFactory]
+
+
+async def serve(
+    settings: Settings, kind: str, factory: HandlerFactory, args: argparse.Namespace
+) -> int:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    async with WorkerRuntime(
+        settings,
+        kind,
+        factory,
+        max_calls=args.max_calls,
+        consumer=args.consumer,
+        heartbeat_s=args.heartbeat_s,
+    ) as runtime:
+        stopped = asyncio.create_task(stop.wait())
+        crashed = asyncio.create_task(runtime.wait_closed())
+        await asyncio.wait({stopped, crashed}, return_when=asyncio.FIRST_COMPLETED)
+        stopped.cancel()
+        crashed.cancel()
+        log.info("worker %s: stopping, handing back %d calls", kind, len(runtime.owned))
+    return 0
+
+
+def _runner(
+    kind: str, factory_from_args: FactoryFromArgs
+) -> Callable[[argparse.Namespace, Settings], int]:
+    def run(args: argparse.Namespace, settings: Settings) -> int:
+        return asyncio.run(serve(settings, kind, factory_from_args(args), args))
+
+    return run
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--max-calls",
+        type=int,
+        default=50,
+        help="calls served at once by this replica (default 50)",
+    )
+    parser.add_argument(
+        "--consumer", default=None, help="consumer name in the group (default hostname-pid)"
+    )
+    parser.add_argument(
+        "--heartbeat-s",
+        type=float,
+        default=1.0,
+        help="claim refresh and checkpoint period; a dead replica's calls are "
+        "taken over after three (default 1.0)",
+    )
+
+
+def register(subparsers: Any) -> None:
+    worker = subparsers.add_parser("worker", help="run a worker replica of one kind")
+    kinds = worker.add_subparsers(dest="kind", required=True, metavar="KIND")
+
+    echo = kinds.add_parser("echo", help="play every non-silent inbound frame back into the call")
+    _common(echo)
+    echo.add_argument(
+        "--delay-ms", type=float, default=0.0, help="hold each frame back this long (default 0)"
+    )
+    echo.set_defaults(run=_runner("echo", lambda args: echo_factory(args.delay_ms)))

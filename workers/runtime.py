@@ -1,0 +1,385 @@
+"""The worker runtime every kind shares: call ownership, checkpoints, failover, hand-back.
+
+* Each kind has a consumer group on ``cs:calls``. A replica with free capacity reads ``started``
+  entries with ``XREADGROUP >`` and so owns those calls; it acknowledges the entry only when the
+  call is done. The group's pending count is the calls being served, its lag the calls waiting.
+* The owner reads a call's inbound stream in order from its checkpoint, hands batches to the
+  kind's handler, and stores the last processed entry id in ``cs:ckpt:{kind}:{call}``.
+* Every heartbeat the owner re-claims its entries (``XCLAIM … JUSTID``), which keeps their idle
+  time low, and saves checkpoints. A replica with capacity ``XAUTOCLAIM``s entries idle for more
+  than three heartbeats: the calls of a replica that died, resumed at their checkpoint.
+* :meth:`WorkerRuntime.aclose` (SIGTERM) stops taking calls, saves checkpoints and marks its
+  entries as long idle (``XCLAIM … IDLE``), so another replica takes them at its next claim.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import cast
+
+import redis.asyncio as aioredis
+from prometheus_client import CollectorRegistry, Counter, Gauge
+from redis.exceptions import RedisError, ResponseError
+from redis.typing import StreamIdT
+
+from shared.entries import (
+    CallEnded,
+    CallStarted,
+    EntryError,
+    InEnd,
+    InEntry,
+    StreamEntries,
+    XReadReply,
+    decode_call,
+    decode_in,
+)
+from shared.settings import Settings
+from workers.base import CallContext, CallHandler, HandlerFactory
+
+log = logging.getLogger(__name__)
+
+READ_COUNT = 100  # inbound entries per read
+HANDBACK_IDLE_MS = 10**9  # "idle for 11 days": any replica's XAUTOCLAIM takes it at once
+
+
+class RuntimeMetrics:
+    def __init__(self, registry: CollectorRegistry, kind: str) -> None:
+        self.owned = Gauge(
+            "callstream_worker_calls_owned", "Calls owned", ["kind"], registry=registry
+        ).labels(kind)
+        self.taken = Counter(
+            "callstream_worker_calls_taken_total", "Calls taken", ["kind", "how"], registry=registry
+        )
+        self.finished = Counter(
+            "callstream_worker_calls_finished_total",
+            "Calls processed to end",
+            ["kind"],
+            registry=registry,
+        ).labels(kind)
+        self.failed = Counter(
+            "callstream_worker_calls_failed_total",
+            "Calls whose processing failed",
+            ["kind"],
+            registry=registry,
+        ).labels(kind)
+        self.entries = Counter(
+            "callstream_worker_entries_total",
+            "Inbound entries processed",
+            ["kind"],
+            registry=registry,
+        ).labels(kind)
+        self.redis_errors = Counter(
+            "callstream_worker_redis_errors_total", "Redis errors", ["kind"], registry=registry
+        ).labels(kind)
+        self.kind = kind
+
+
+@dataclass
+class _Owned:
+    entry_id: str  # the call's `started` entry in cs:calls
+    call: CallStarted
+    last_id: str  # last processed inbound entry id
+    task: asyncio.Task[None] | None = None
+
+
+def default_consumer() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+class WorkerRuntime:
+    """Serves calls of one worker kind with handlers from ``factory``."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        kind: str,
+        factory: HandlerFactory,
+        *,
+        max_calls: int = 50,
+        consumer: str | None = None,
+        heartbeat_s: float = 1.0,
+        registry: CollectorRegistry | None = None,
+    ) -> None:
+        if max_calls < 1:
+            raise ValueError(f"max_calls must be at least 1, got {max_calls}")
+        self._settings = settings
+        self._keys = settings.keys
+        self._kind = kind
+        self._factory = factory
+        self._max_calls = max_calls
+        self.consumer = consumer or default_consumer()
+        self._heartbeat_s = heartbeat_s
+        self._group = self._keys.group(kind)
+        self._metrics = RuntimeMetrics(registry or CollectorRegistry(), kind)
+        self._redis: aioredis.Redis | None = None
+        self._calls: dict[str, _Owned] = {}
+        self._capacity = asyncio.Event()
+        self._main: asyncio.Task[None] | None = None
+        self._stopping = False
+
+    @property
+    def owned(self) -> frozenset[str]:
+        return frozenset(self._calls)
+
+    @property
+    def kind(self) -> str:
+        return self._kind
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def __aenter__(self) -> WorkerRuntime:
+        self._redis = aioredis.Redis.from_url(self._settings.redis_url)
+        try:
+            await self._redis.xgroup_create(self._keys.calls, self._group, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+        self._main = asyncio.create_task(self._claim_loop(), name=f"worker-{self._kind}")
+        log.info(
+            "worker %s (%s) serving up to %d calls", self._kind, self.consumer, self._max_calls
+        )
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Stop taking calls and hand the owned ones back at once; every task is awaited."""
+        self._stopping = True
+        if self._main is not None:
+            self._main.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._main
+            self._main = None
+        owned = list(self._calls.values())
+        for item in owned:
+            if item.task is not None:
+                item.task.cancel()
+        for item in owned:
+            if item.task is not None:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await item.task
+        if self._redis is not None:
+            if owned:
+                await self._hand_back(owned)
+            await self._redis.aclose()
+            self._redis = None
+        self._calls.clear()
+        self._metrics.owned.set(0)
+
+    async def wait_closed(self) -> None:
+        """Wait until the claim loop ends (it only ends on aclose or a fatal error)."""
+        if self._main is not None:
+            await asyncio.shield(self._main)
+
+    # ------------------------------------------------------------------ claiming
+
+    @property
+    def _free(self) -> int:
+        return self._max_calls - len(self._calls)
+
+    async def _claim_loop(self) -> None:
+        assert self._redis is not None
+        redis = self._redis
+        min_idle_ms = int(self._heartbeat_s * 3000)
+        next_heartbeat = time.monotonic()
+        backoff_s = 0.1
+        while not self._stopping:
+            try:
+                if time.monotonic() >= next_heartbeat:
+                    await self._heartbeat()
+                    next_heartbeat = time.monotonic() + self._heartbeat_s
+                if self._free > 0:
+                    claimed = await redis.xautoclaim(
+                        self._keys.calls,
+                        self._group,
+                        self.consumer,
+                        min_idle_ms,
+                        start_id="0-0",
+                        count=self._free,
+                    )
+                    for entry_id, fields in cast(StreamEntries, claimed[1]):
+                        if fields is not None:
+                            await self._take(entry_id.decode(), fields, how="failover")
+                if self._free > 0:
+                    block_ms = max(1, int((next_heartbeat - time.monotonic()) * 1000))
+                    reply = cast(
+                        XReadReply,
+                        await redis.xreadgroup(
+                            self._group,
+                            self.consumer,
+                            {self._keys.calls: ">"},
+                            count=self._free,
+                            block=block_ms,
+                        ),
+                    )
+                    for _, entries in reply or ():
+                        for entry_id, fields in entries:
+                            await self._take(entry_id.decode(), fields, how="new")
+                else:
+                    self._capacity.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(
+                            self._capacity.wait(), max(0.0, next_heartbeat - time.monotonic())
+                        )
+                backoff_s = 0.1
+            except (RedisError, OSError) as exc:
+                self._metrics.redis_errors.inc()
+                log.warning(
+                    "worker %s: Redis error (%s); retrying in %.1f s", self._kind, exc, backoff_s
+                )
+                await asyncio.sleep(backoff_s)
+                backoff_s = min(2.0, backoff_s * 2)
+
+    async def _take(self, entry_id: str, fields: dict[bytes, bytes], *, how: str) -> None:
+        assert self._redis is not None
+        try:
+            entry = decode_call(fields)
+        except EntryError as exc:
+            log.warning(
+                "worker %s: dropping malformed calls entry %s: %s", self._kind, entry_id, exc
+            )
+            await self._redis.xack(self._keys.calls, self._group, entry_id)
+            return
+        if isinstance(entry, CallEnded):
+            await self._redis.xack(self._keys.calls, self._group, entry_id)
+            return
+        call_id = entry.call_id
+        age_s = time.time() - entry.time_ms / 1000
+        if call_id in self._calls or age_s > self._settings.call_ttl_s:
+            # A duplicate delivery, or a call whose streams have expired: nothing to serve.
+            await self._redis.xack(self._keys.calls, self._group, entry_id)
+            return
+        checkpoint = cast(
+            bytes | None,
+            await self._redis.hget(self._keys.checkpoint(self._kind, call_id), "entry_id"),
+        )
+        resume_from = checkpoint.decode() if checkpoint else None
+        owned = _Owned(entry_id=entry_id, call=entry, last_id=resume_from or "0-0")
+        self._calls[call_id] = owned
+        owned.task = asyncio.create_task(self._serve(owned, resume_from), name=f"call-{call_id}")
+        self._metrics.taken.labels(self._kind, how).inc()
+        self._metrics.owned.set(len(self._calls))
+        log.info(
+            "worker %s: took call %s (%s%s)",
+            self._kind,
+            call_id,
+            how,
+            f", resuming after {resume_from}" if resume_from else "",
+        )
+
+    async def _heartbeat(self) -> None:
+        assert self._redis is not None
+        if not self._calls:
+            return
+        ids: list[StreamIdT] = [owned.entry_id for owned in self._calls.values()]
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.xclaim(self._keys.calls, self._group, self.consumer, 0, ids, justid=True)
+            for owned in self._calls.values():
+                self._queue_checkpoint(pipe, owned)
+            await pipe.execute()
+
+    def _queue_checkpoint(self, pipe: aioredis.client.Pipeline, owned: _Owned) -> None:
+        key = self._keys.checkpoint(self._kind, owned.call.call_id)
+        pipe.hset(key, mapping={"entry_id": owned.last_id, "owner": self.consumer})
+        pipe.expire(key, self._settings.call_ttl_s)
+
+    async def _hand_back(self, owned: Sequence[_Owned]) -> None:
+        assert self._redis is not None
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for item in owned:
+                    self._queue_checkpoint(pipe, item)
+                pipe.xclaim(
+                    self._keys.calls,
+                    self._group,
+                    self.consumer,
+                    0,
+                    [item.entry_id for item in owned],
+                    idle=HANDBACK_IDLE_MS,
+                    justid=True,
+                )
+                await pipe.execute()
+            log.info("worker %s: handed back %d calls", self._kind, len(owned))
+        except (RedisError, OSError) as exc:
+            log.warning(
+                "worker %s: could not hand back %d calls (%s); they will be taken over "
+                "after their idle timeout",
+                self._kind,
+                len(owned),
+                exc,
+            )
+
+    # ------------------------------------------------------------------ serving one call
+
+    async def _serve(self, owned: _Owned, resume_from: str | None) -> None:
+        assert self._redis is not None
+        redis = self._redis
+        call_id = owned.call.call_id
+        key = self._keys.call_in(call_id)
+        handler: CallHandler | None = None
+        finished = False
+        try:
+            handler = self._factory(CallContext(owned.call, redis, self._settings, resume_from))
+            while not finished:
+                reply = cast(
+                    XReadReply,
+                    await redis.xread(
+                        {key: owned.last_id}, count=READ_COUNT, block=int(self._heartbeat_s * 1000)
+                    ),
+                )
+                if not reply:
+                    if not await redis.exists(key):
+                        log.warning("call %s: inbound stream is gone; ending", call_id)
+                        finished = True
+                    continue
+                batch: list[tuple[str, InEntry]] = []
+                for entry_id, fields in reply[0][1]:
+                    try:
+                        entry = decode_in(fields)
+                    except EntryError as exc:
+                        log.warning("call %s: skipped entry %s: %s", call_id, entry_id, exc)
+                        continue
+                    batch.append((entry_id.decode(), entry))
+                    if isinstance(entry, InEnd):
+                        finished = True
+                        break
+                if batch:
+                    await handler.handle(batch)
+                    self._metrics.entries.inc(len(batch))
+                owned.last_id = batch[-1][0] if batch else reply[0][1][-1][0].decode()
+            await handler.aclose()
+            handler = None
+            async with redis.pipeline(transaction=False) as pipe:
+                pipe.xack(self._keys.calls, self._group, owned.entry_id)
+                pipe.delete(self._keys.checkpoint(self._kind, call_id))
+                await pipe.execute()
+            self._metrics.finished.inc()
+            log.info("worker %s: call %s done", self._kind, call_id)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # The call stays pending: after its idle timeout another replica retries it.
+            self._metrics.failed.inc()
+            log.exception("worker %s: call %s failed", self._kind, call_id)
+        finally:
+            if handler is not None:
+                with contextlib.suppress(Exception):
+                    await handler.aclose()
+            if not self._stopping:
+                self._calls.pop(call_id, None)
+                self._metrics.owned.set(len(self._calls))
+                self._capacity.set()
