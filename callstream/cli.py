@@ -13,15 +13,14 @@ import os
 import sys
 from collections.abc import Sequence
 
+from callstream import demo, simulate
+from ingress import cli as ingress_cli
 from shared.errors import CallstreamError, ConfigError
 from shared.settings import Settings
+from workers import cli as workers_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from callstream import demo, simulate
-    from ingress import cli as ingress_cli
-    from workers import cli as workers_cli
-
     parser = argparse.ArgumentParser(
         prog="callstream",
         description="ACS-compatible call-audio streaming over Redis Streams.",
@@ -49,6 +48,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=(args.log_level or settings.log_level).upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # websockets logs every connection at INFO; the gateway logs calls itself.
+    logging.getLogger("websockets").setLevel(logging.WARNING)
     try:
         code: int = args.run(args, settings)
     except KeyboardInterrupt:

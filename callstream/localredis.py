@@ -55,8 +55,19 @@ async def ensure_redis(url: str) -> AsyncIterator[str]:
     port = _free_port()
     with tempfile.TemporaryDirectory(prefix="callstream-redis-") as workdir:
         proc = await asyncio.create_subprocess_exec(
-            binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly",
-            "no", "--dir", workdir, "--logfile", "",
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            workdir,
+            "--logfile",
+            "",
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.DEVNULL,
         )

@@ -523,7 +523,7 @@ class Gateway:
         )
         for key in self._keys.call_keys(call.call_id):
             publisher.expire(call.call_id, key, self._settings.call_ttl_s)
-        log.info("call %s: ended (%s) after %d frames", call.call_id, reason, call.seq)
+        log.info("call %s: ended (%s) after %d entries", call.call_id, reason, call.seq)
 
     # ------------------------------------------------------------------ failures
 

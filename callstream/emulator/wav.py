@@ -1,0 +1,45 @@
+"""Load any PCM WAV as 16-bit mono at a given rate (numpy + soxr)."""
+
+from __future__ import annotations
+
+import wave
+
+import numpy as np
+import numpy.typing as npt
+import soxr
+
+from shared.errors import ConfigError
+
+
+def _samples(raw: bytes, width: int) -> npt.NDArray[np.float64]:
+    """Integer PCM of ``width`` bytes per sample to floats in [-1, 1)."""
+    if width == 1:  # 8-bit WAV is unsigned
+        return (np.frombuffer(raw, dtype=np.uint8).astype(np.float64) - 128.0) / 128.0
+    if width == 2:
+        return np.frombuffer(raw, dtype="<i2").astype(np.float64) / 32768.0
+    if width == 3:
+        b = np.frombuffer(raw, dtype=np.uint8).reshape(-1, 3).astype(np.int32)
+        value = b[:, 0] | (b[:, 1] << 8) | (b[:, 2] << 16)
+        value = np.where(value & 0x800000, value - 0x1000000, value)
+        return value.astype(np.float64) / 8388608.0
+    if width == 4:
+        return np.frombuffer(raw, dtype="<i4").astype(np.float64) / 2147483648.0
+    raise ConfigError(f"unsupported WAV sample width: {width * 8} bits")
+
+
+def load_wav(path: str, rate_hz: int) -> bytes:
+    """PCM16 mono at ``rate_hz`` from a PCM WAV of any rate, width and channel count."""
+    try:
+        with wave.open(path, "rb") as wav:
+            channels = wav.getnchannels()
+            width = wav.getsampwidth()
+            source_rate = wav.getframerate()
+            raw = wav.readframes(wav.getnframes())
+    except (OSError, EOFError, wave.Error) as exc:
+        raise ConfigError(f"cannot read {path} as a PCM WAV file: {exc}") from None
+    samples = _samples(raw, width)
+    if channels > 1:
+        samples = samples[: samples.size - samples.size % channels].reshape(-1, channels).mean(1)
+    if source_rate != rate_hz and samples.size:
+        samples = soxr.resample(samples, source_rate, rate_hz, quality="HQ")
+    return (np.clip(np.round(samples * 32768.0), -32768, 32767)).astype("<i2").tobytes()
