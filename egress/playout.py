@@ -9,7 +9,8 @@ so the platform's buffer stays short and a stop takes effect quickly.
   follow, and is zero-padded and released when its own slot arrives with nothing more queued (or
   when a mark closes the run).
 * A stop drops everything queued (and the held tail) and is released at once.
-* A mark is reached when playback gets to it: the slot after the audio before it has begun.
+* A mark is reached when playback gets to it: the slot after the audio before it has begun. It
+  does not hold back the audio after it, which is released ahead as usual.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ class Playout:
         "_frame_bytes",
         "_frame_s",
         "_lead_s",
+        "_marks",
         "_next_slot",
         "_queue",
         "_stop_pending",
@@ -66,6 +68,7 @@ class Playout:
         self._frame_s = frame_s
         self._lead_s = lead_s
         self._queue: deque[bytes | OutMark] = deque()
+        self._marks: deque[tuple[float, str]] = deque()  # (slot time, name), after release
         self._tail = b""
         self._next_slot: float | None = None
         self._stop_pending = False
@@ -78,7 +81,7 @@ class Playout:
     @property
     def idle(self) -> bool:
         """Nothing queued, held or pending."""
-        return not self._queue and not self._tail and not self._stop_pending
+        return not (self._queue or self._tail or self._stop_pending or self._marks)
 
     def push(self, entry: OutEntry) -> None:
         """Queue one out-stream entry."""
@@ -92,7 +95,9 @@ class Playout:
             self._release_tail()
             self._queue.append(entry)
         elif isinstance(entry, OutStop):
+            # Marks behind dropped audio are never reached: they are dropped too.
             self._queue.clear()
+            self._marks.clear()
             self._tail = b""
             self._stop_pending = True
             self._next_slot = None
@@ -103,8 +108,9 @@ class Playout:
         if self._stop_pending:
             self._stop_pending = False
             actions.append(SendStop())
+        queue = self._queue
         while True:
-            if not self._queue:
+            if not queue:
                 if not self._tail:
                     break
                 slot = self._slot_for_next_frame(now_s, count_restart=False)
@@ -112,33 +118,36 @@ class Playout:
                     break
                 self._release_tail()
                 continue
-            item = self._queue[0]
+            item = queue[0]
             if isinstance(item, OutMark):
-                if self._next_slot is not None and self._next_slot > now_s:
-                    break
-                self._queue.popleft()
-                actions.append(MarkReached(item.name))
+                # Reached when the audio queued before it has played: at the next slot.
+                queue.popleft()
+                at_s = self._next_slot if self._next_slot is not None else now_s
+                self._marks.append((at_s, item.name))
                 continue
             slot = self._slot_for_next_frame(now_s, count_restart=True)
             if slot - self._lead_s > now_s:
                 break
-            self._queue.popleft()
+            queue.popleft()
             actions.append(SendFrame(item, slot))
             self._next_slot = slot + self._frame_s
+        while self._marks and self._marks[0][0] <= now_s:
+            actions.append(MarkReached(self._marks.popleft()[1]))
         return actions
 
     def next_wakeup(self, now_s: float) -> float | None:
         """When :meth:`due` next has something to do (None: only new entries can change that)."""
         if self._stop_pending:
             return now_s
-        if not self._queue:
-            if not self._tail:
-                return None
-            return max(now_s, self._slot_for_next_frame(now_s, count_restart=False, peek=True))
-        slot = self._slot_for_next_frame(now_s, count_restart=False, peek=True)
-        if isinstance(self._queue[0], OutMark):
-            return max(now_s, self._next_slot if self._next_slot is not None else now_s)
-        return max(now_s, slot - self._lead_s)
+        candidates = []
+        if self._marks:
+            candidates.append(self._marks[0][0])
+        if self._queue:
+            slot = self._slot_for_next_frame(now_s, count_restart=False, peek=True)
+            candidates.append(slot if isinstance(self._queue[0], OutMark) else slot - self._lead_s)
+        elif self._tail:
+            candidates.append(self._slot_for_next_frame(now_s, count_restart=False, peek=True))
+        return max(now_s, min(candidates)) if candidates else None
 
     # ------------------------------------------------------------------ internals
 
