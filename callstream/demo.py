@@ -130,7 +130,7 @@ def _interleaved_speech(talkers: list[bytes], rate_hz: int) -> list[bytes]:
     """Unmixed: every 20 ms each participant's frame is sent; speech frames in that order."""
     size = frame_bytes_for(rate_hz)
     per_talker = [chunk(t, size) for t in talkers]
-    frames = []
+    frames: list[bytes] = []
     for slot in zip(*per_talker, strict=True):
         frames.extend(f for f in slot if not is_silent(f))
     return frames

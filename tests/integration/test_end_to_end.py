@@ -6,7 +6,6 @@ Real Redis, real sockets; gateway, worker and emulator run in this event loop.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator
 
 import numpy as np
@@ -18,8 +17,10 @@ from callstream.simulate import simulate
 from ingress.server import Gateway
 from shared.audio import chunk, frame_bytes_for, is_silent, mix
 from shared.entries import OutAudio, OutMark, OutStop, encode_out
-from shared.events import PLAYBACK_MARK, Event
+from shared.events import PLAYBACK_MARK
 from shared.settings import Settings
+from tests.helpers import events as read_events
+from tests.helpers import wait_for_event, xrange
 from workers.echo import echo_factory
 from workers.runtime import WorkerRuntime
 
@@ -81,7 +82,7 @@ async def test_unmixed_24k_call_with_one_speaker_and_two_silent(
     assert result.frames_sent == 3 * 100
     assert speech_frames(result.recording, rate) == speech_frames(speaker, rate)
     # The gateway kept one channel per participant.
-    entries = await redis.xrange(settings.keys.call_in("e2e-unmixed"))
+    entries = await xrange(redis, settings.keys.call_in("e2e-unmixed"))
     channels: dict[bytes, set[bytes]] = {}
     for _, fields in entries:
         if fields[b"kind"] == b"audio":
@@ -115,27 +116,10 @@ async def test_dtmf_reaches_the_events_stream(
         linger_s=0.5,
     )
     assert result.close_code in (1000, None)
-    entries = await redis.xrange(settings.keys.call_events("e2e-dtmf"))
-    events = [Event.from_fields(fields) for _, fields in entries]
+    events = await read_events(redis, settings.keys.call_events("e2e-dtmf"))
     tones = [e.data["tone"] for e in events if e.type == "dtmf"]
     assert tones == ["7", "#"]
     assert len({e.id for e in events}) == len(events)
-
-
-async def _wait_for_event(
-    redis: aioredis.Redis, key: str, event_type: str, timeout_s: float
-) -> Event:
-    deadline = time.monotonic() + timeout_s
-    last_id = "0-0"
-    while time.monotonic() < deadline:
-        reply = await redis.xread({key: last_id}, block=200)
-        for _, entries in reply:
-            for entry_id, fields in entries:
-                last_id = entry_id
-                event = Event.from_fields(fields)
-                if event.type == event_type:
-                    return event
-    raise AssertionError(f"no {event_type} event on {key} within {timeout_s} s")
 
 
 async def test_stop_on_the_out_stream_cuts_playback(
@@ -148,11 +132,11 @@ async def test_stop_on_the_out_stream_cuts_playback(
     rest = tone(rate, 5.0, 660.0)
 
     async def bot() -> None:
-        await _wait_for_event(redis, settings.keys.call_events(call_id), "call.started", 10)
+        await wait_for_event(redis, settings.keys.call_events(call_id), "call.started", 10)
         out = settings.keys.call_out(call_id)
         for entry in (OutAudio(first), OutMark("first-done"), OutAudio(rest)):
             await redis.xadd(out, encode_out(entry))
-        await _wait_for_event(redis, settings.keys.call_events(call_id), PLAYBACK_MARK, 10)
+        await wait_for_event(redis, settings.keys.call_events(call_id), PLAYBACK_MARK, 10)
         await redis.xadd(out, encode_out(OutStop()))
 
     bot_task = asyncio.create_task(bot())

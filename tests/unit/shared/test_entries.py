@@ -23,18 +23,7 @@ from shared.entries import (
     encode_in,
     encode_out,
 )
-
-
-def as_redis(fields: dict[bytes | str, bytes | str | int | float]) -> dict[bytes, bytes]:
-    """What Redis hands back for these fields: every name and value as bytes."""
-
-    def to_bytes(value: bytes | str | int | float) -> bytes:
-        if isinstance(value, bytes):
-            return value
-        return str(value).encode()
-
-    return {to_bytes(k): to_bytes(v) for k, v in fields.items()}
-
+from tests.helpers import as_redis
 
 participants = st.text(alphabet=st.characters(exclude_categories=["Cs"]), max_size=40)
 

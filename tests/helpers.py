@@ -1,0 +1,47 @@
+"""Small typed helpers shared by tests (redis-py's reply types are loose)."""
+
+from __future__ import annotations
+
+import time
+from typing import cast
+
+import redis.asyncio as aioredis
+
+from shared.entries import Fields, StreamEntries, XReadReply
+from shared.events import Event
+
+
+def as_redis(fields: Fields) -> dict[bytes, bytes]:
+    """What Redis hands back for ``fields``: every name and value as bytes."""
+
+    def to_bytes(value: bytes | bytearray | memoryview | str | int | float) -> bytes:
+        if isinstance(value, bytes | bytearray | memoryview):
+            return bytes(value)
+        return str(value).encode()
+
+    return {to_bytes(k): to_bytes(v) for k, v in fields.items()}
+
+
+async def xrange(redis: aioredis.Redis, key: str) -> StreamEntries:
+    return cast(StreamEntries, await redis.xrange(key))
+
+
+async def events(redis: aioredis.Redis, key: str) -> list[Event]:
+    return [Event.from_fields(fields) for _, fields in await xrange(redis, key)]
+
+
+async def wait_for_event(
+    redis: aioredis.Redis, key: str, event_type: str, timeout_s: float
+) -> Event:
+    """Block on ``key`` until an event of ``event_type`` arrives (from the stream's start)."""
+    deadline = time.monotonic() + timeout_s
+    last_id: bytes | str = "0-0"
+    while time.monotonic() < deadline:
+        reply = cast(XReadReply, await redis.xread({key: last_id}, block=200))
+        for _, entries in reply or ():
+            for entry_id, fields in entries:
+                last_id = entry_id
+                event = Event.from_fields(fields)
+                if event.type == event_type:
+                    return event
+    raise AssertionError(f"no {event_type} event on {key} within {timeout_s} s")
