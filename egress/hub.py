@@ -167,6 +167,7 @@ class EgressHub:
     # ------------------------------------------------------------------ reading
 
     async def _read_loop(self) -> None:
+        loop = asyncio.get_running_loop()
         backoff_s = 0.1
         while True:
             if not self._calls:
@@ -188,6 +189,7 @@ class EgressHub:
                 backoff_s = min(MAX_BACKOFF_S, backoff_s * 2)
                 continue
             backoff_s = 0.1
+            now = loop.time()
             for key, entries in reply or ():
                 call = self._by_key.get(key)
                 if call is None:  # detached while we were reading
@@ -195,7 +197,7 @@ class EgressHub:
                 for entry_id, fields in entries:
                     call.last_id = entry_id.decode()
                     try:
-                        call.playout.push(decode_out(fields))
+                        call.playout.push(decode_out(fields), now)
                     except EntryError as exc:
                         self._metrics.bad_entries.inc()
                         log.warning(

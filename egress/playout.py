@@ -6,8 +6,8 @@ are due. It never reads a clock. Frame *k* of a continuous run is due at ``t0 + 
 so the platform's buffer stays short and a stop takes effect quickly.
 
 * Audio of any length is re-chunked into frames; a partial tail is held while more audio may
-  follow, and is zero-padded and released when its own slot arrives with nothing more queued (or
-  when a mark closes the run).
+  follow, and is zero-padded and released when its own slot arrives (and it has waited at least
+  one frame) with nothing more queued, or when a mark closes the run.
 * A stop drops everything queued (and the held tail) and is released at once.
 * A mark is reached when playback gets to it: the slot after the audio before it has begun. It
   does not hold back the audio after it, which is released ahead as usual.
@@ -56,6 +56,7 @@ class Playout:
         "_queue",
         "_stop_pending",
         "_tail",
+        "_tail_since",
         "restarts",
     )
 
@@ -70,6 +71,7 @@ class Playout:
         self._queue: deque[bytes | OutMark] = deque()
         self._marks: deque[tuple[float, str]] = deque()  # (slot time, name), after release
         self._tail = b""
+        self._tail_since = 0.0  # when the held tail began to wait
         self._next_slot: float | None = None
         self._stop_pending = False
         self.restarts = 0  # times audio resumed after the schedule had fallen behind the clock
@@ -83,13 +85,15 @@ class Playout:
         """Nothing queued, held or pending."""
         return not (self._queue or self._tail or self._stop_pending or self._marks)
 
-    def push(self, entry: OutEntry) -> None:
-        """Queue one out-stream entry."""
+    def push(self, entry: OutEntry, now_s: float) -> None:
+        """Queue one out-stream entry that arrived at ``now_s``."""
         if isinstance(entry, OutAudio):
             data = self._tail + entry.pcm
             whole = len(data) - len(data) % self._frame_bytes
             size = self._frame_bytes
             self._queue.extend(data[i : i + size] for i in range(0, whole, size))
+            if not self._tail or whole:
+                self._tail_since = now_s
             self._tail = data[whole:]
         elif isinstance(entry, OutMark):
             self._release_tail()
@@ -113,8 +117,7 @@ class Playout:
             if not queue:
                 if not self._tail:
                     break
-                slot = self._slot_for_next_frame(now_s, count_restart=False)
-                if slot > now_s:  # hold the tail: more audio may follow before its slot
+                if self._tail_release(now_s) > now_s:  # more audio may follow: hold the tail
                     break
                 self._release_tail()
                 continue
@@ -146,7 +149,7 @@ class Playout:
             slot = self._slot_for_next_frame(now_s, count_restart=False, peek=True)
             candidates.append(slot if isinstance(self._queue[0], OutMark) else slot - self._lead_s)
         elif self._tail:
-            candidates.append(self._slot_for_next_frame(now_s, count_restart=False, peek=True))
+            candidates.append(self._tail_release(now_s))
         return max(now_s, min(candidates)) if candidates else None
 
     # ------------------------------------------------------------------ internals
@@ -163,6 +166,12 @@ class Playout:
                 self.restarts += 1
             self._next_slot = now_s
         return now_s
+
+    def _tail_release(self, now_s: float) -> float:
+        """When a held partial frame is padded and released: at its slot, and never before it
+        has waited one frame for the rest of its audio."""
+        slot = self._slot_for_next_frame(now_s, count_restart=False, peek=True)
+        return max(slot, self._tail_since + self._frame_s)
 
     def _release_tail(self) -> None:
         if self._tail:
