@@ -36,6 +36,7 @@ Send = Callable[[str], Awaitable[None]]
 READ_BLOCK_MS = 100  # bound on how long a newly attached call waits to join the shared read
 READ_COUNT = 200  # entries per stream per read
 MAX_BACKOFF_S = 2.0
+READ_TIMEOUT_S = READ_BLOCK_MS / 1000 + 5.0  # a read Redis has not answered by then failed
 
 
 class EgressMetrics:
@@ -176,11 +177,12 @@ class EgressHub:
                 continue
             streams: dict[KeyT, StreamIdT] = {c.key: c.last_id for c in self._calls.values()}
             try:
-                reply = cast(
-                    XReadReply,
-                    await self._redis.xread(streams, count=READ_COUNT, block=READ_BLOCK_MS),
-                )
-            except (RedisError, OSError) as exc:
+                async with asyncio.timeout(READ_TIMEOUT_S):
+                    reply = cast(
+                        XReadReply,
+                        await self._redis.xread(streams, count=READ_COUNT, block=READ_BLOCK_MS),
+                    )
+            except (RedisError, OSError, TimeoutError) as exc:
                 self._metrics.redis_errors.inc()
                 log.warning(
                     "egress: reading out streams failed (%s); retrying in %.1f s", exc, backoff_s

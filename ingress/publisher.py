@@ -26,6 +26,8 @@ log = logging.getLogger(__name__)
 
 OnFailure = Callable[[str, str], None]
 
+FLUSH_TIMEOUT_S = 5.0  # a flush Redis has not answered by then fails (and its calls close)
+
 
 @dataclass(slots=True)
 class _Op:
@@ -121,14 +123,17 @@ class Publisher:
     async def _flush(self, batch: list[_Op]) -> None:
         metrics = self._metrics
         try:
-            async with self._redis.pipeline(transaction=False) as pipe:
+            async with (
+                asyncio.timeout(FLUSH_TIMEOUT_S),
+                self._redis.pipeline(transaction=False) as pipe,
+            ):
                 for op in batch:
                     if op.fields is None:
                         pipe.expire(op.key, op.arg)
                     else:
                         pipe.xadd(op.key, op.fields, maxlen=op.arg, approximate=True)
                 results = await pipe.execute(raise_on_error=False)
-        except (RedisError, OSError) as exc:
+        except (RedisError, OSError, TimeoutError) as exc:
             results = [exc] * len(batch)
         now = self._loop_time()
         metrics.batch.observe(len(batch))

@@ -27,6 +27,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from egress.hub import EgressHub
+from ingress import redis_client
 from ingress.auth import TokenValidator
 from ingress.metrics import IngressMetrics
 from ingress.publisher import Publisher
@@ -57,6 +58,7 @@ from shared.settings import Settings
 log = logging.getLogger(__name__)
 
 HEALTH_PERIOD_S = 1.0
+HEALTH_TIMEOUT_S = 2.0
 SKIP_LOG_EVERY = 100  # log the first skipped message of a call, then every 100th
 LOOPBACK_NAMES = {"localhost", "ip6-localhost"}
 
@@ -174,9 +176,9 @@ class Gateway:
 
     async def __aenter__(self) -> Gateway:
         try:
-            self._redis = aioredis.Redis.from_url(
-                self._settings.redis_url, socket_timeout=5, socket_connect_timeout=2
-            )
+            # No per-read socket timeout (the publisher bounds each flush instead): redis-py
+            # enters a timeout context for every reply otherwise.
+            self._redis = redis_client.connect(self._settings.redis_url, socket_connect_timeout=2)
             self._stack.push_async_callback(self._redis.aclose)
             self._publisher = await self._stack.enter_async_context(
                 Publisher(
@@ -243,8 +245,9 @@ class Gateway:
     async def _check_redis(self) -> None:
         assert self._redis is not None
         try:
-            await self._redis.ping()
-        except (RedisError, OSError) as exc:
+            async with asyncio.timeout(HEALTH_TIMEOUT_S):
+                await self._redis.ping()
+        except (RedisError, OSError, TimeoutError) as exc:
             if self._redis_ok:
                 log.error("Redis is unavailable: %s", exc)
             self._redis_ok, self._redis_error = False, str(exc) or type(exc).__name__
