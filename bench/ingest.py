@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import time
 import uuid
 from typing import Any, cast
 
@@ -42,9 +43,11 @@ async def max_rate(
     try:
         before = await _server_frames(server)
         cpu0 = server.cpu_seconds()
+        started = time.perf_counter()
         stats = await load.run_maxrate(conns, messages, seconds)
-        # Let the server finish what is in flight: wait until its count stops moving.
-        after = await _settle(server)
+        # The server may still be working through a backlog: count until it is done.
+        after = await _settle(server, before + stats.frames_sent)
+        elapsed = time.perf_counter() - started
         cpu = server.cpu_seconds() - cpu0
     finally:
         await load.close_calls(conns)
@@ -53,18 +56,19 @@ async def max_rate(
         "connections": conns_n,
         "frames_sent": stats.frames_sent,
         "frames_processed": processed,
-        "frames_per_s": processed / stats.seconds,
+        "frames_per_s": processed / elapsed,
         "server_cpu_s": cpu,
     }
 
 
-async def _settle(server: servers.Server) -> int:
+async def _settle(server: servers.Server, expected: int) -> int:
+    """The server's frame count once it reached ``expected`` or made no progress for 3 s."""
     last = await _server_frames(server)
-    for _ in range(100):
+    still = 0
+    while last < expected and still < 15:
         await asyncio.sleep(0.2)
         now = await _server_frames(server)
-        if now == last:
-            return now
+        still = still + 1 if now == last else 0
         last = now
     return last
 
@@ -84,7 +88,7 @@ async def real_time(
         )
         cpu0 = server.cpu_seconds()
         stats = await load.run_realtime(conns, messages, seconds)
-        after = await _settle(server)
+        after = await _settle(server, before + stats.frames_sent)
         cpu = server.cpu_seconds() - cpu0
         rss1 = server.rss_bytes()
     finally:

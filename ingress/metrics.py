@@ -60,7 +60,8 @@ class IngressMetrics:
         )
         self.latency = Histogram(
             "callstream_ingest_latency_seconds",
-            "Audio frame received on the socket → its XADD acknowledged by Redis",
+            "Audio frame received on the socket → its XADD acknowledged by Redis "
+            "(one frame in four is sampled)",
             buckets=LATENCY_BUCKETS_S,
             registry=registry,
         )

@@ -121,6 +121,7 @@ class _Call:
     seq: int = 0
     skipped: int = 0
     failed: str | None = None  # why publishing failed, once it has
+    in_key: str = ""  # cs:call:{id}:in, computed once
 
 
 class Gateway:
@@ -316,6 +317,7 @@ class Gateway:
             await connection.close(1008, f"call {target.call_id} is already connected here")
             return
         call = _Call(target.call_id, connection, target.mode, int(time.time() * 1000))
+        call.in_key = self._keys.call_in(call.call_id)
         self._calls[call.call_id] = call
         self._metrics.connections.inc()
         reason = "normal"
@@ -454,12 +456,11 @@ class Gateway:
         call.seq += 1
         self._publisher.xadd(
             call.call_id,
-            self._keys.call_in(call.call_id),
+            call.in_key,
             encode_in(entry),
             self._settings.in_stream_maxlen,
             received_at,
         )
-        self._metrics.frames.inc()
 
     def _publish_dtmf(self, call: _Call, dtmf: DtmfData) -> None:
         assert self._publisher is not None

@@ -54,8 +54,13 @@ class Playback:
         self.stops += 1
 
     def advance(self, now_s: float) -> None:
-        """Play every slot that began before ``now_s``."""
-        due = int((now_s - self._start_s) / self._frame_s)
+        """Play every slot that has begun by ``now_s`` (slot j begins at start + j * 20 ms).
+
+        Audio pushed during a slot therefore plays from the next slot on.
+        """
+        if now_s < self._start_s:
+            return
+        due = int((now_s - self._start_s) / self._frame_s) + 1
         while self._slots_played < due:
             self._play_slot()
 
