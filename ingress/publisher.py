@@ -20,6 +20,7 @@ from typing import cast
 
 import hiredis
 import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 
 from ingress.metrics import IngressMetrics
@@ -173,24 +174,34 @@ class Publisher:
         )
         pool = self._redis.connection_pool
         results: list[object] = []
-        try:
-            async with asyncio.timeout(FLUSH_TIMEOUT_S):
-                connection = await pool.get_connection()  # type: ignore[no-untyped-call]
-                try:
-                    await connection.send_packed_command(packed, check_health=False)
-                    read = connection.read_response
-                    for _ in batch:
-                        try:
-                            results.append(await read(disable_decoding=True))
-                        except ResponseError as exc:  # this command failed; the rest go on
-                            results.append(exc)
-                except BaseException:
-                    await connection.disconnect(nowait=True)
-                    raise
-                finally:
-                    await pool.release(connection)
-        except (RedisError, OSError, TimeoutError) as exc:
-            results += [exc] * (len(batch) - len(results))
+        for attempt in (1, 2):
+            try:
+                async with asyncio.timeout(FLUSH_TIMEOUT_S):
+                    connection = await pool.get_connection()  # type: ignore[no-untyped-call]
+                    try:
+                        await connection.send_packed_command(packed, check_health=False)
+                        read = connection.read_response
+                        for _ in batch:
+                            try:
+                                results.append(await read(disable_decoding=True))
+                            except ResponseError as exc:  # this command failed; the rest go on
+                                results.append(exc)
+                    except BaseException:
+                        await connection.disconnect(nowait=True)
+                        raise
+                    finally:
+                        await pool.release(connection)
+            except (RedisConnectionError, OSError) as exc:
+                # A pooled connection that died with the server it spoke to fails before any
+                # reply: try once more on a fresh connection. (Had Redis executed commands
+                # whose replies were lost, the retry would repeat them: entries carry `seq`.)
+                if attempt == 1 and not results:
+                    log.warning("publisher: %s; retrying the flush on a new connection", exc)
+                    continue
+                results += [exc] * (len(batch) - len(results))
+            except (RedisError, TimeoutError) as exc:
+                results += [exc] * (len(batch) - len(results))
+            break
         return results
 
 

@@ -45,3 +45,17 @@ async def wait_for_event(
                 if event.type == event_type:
                     return event
     raise AssertionError(f"no {event_type} event on {key} within {timeout_s} s")
+
+
+async def wait_for_end(redis: aioredis.Redis, key: str, timeout_s: float = 5.0) -> StreamEntries:
+    """Block until the in stream ``key`` holds its ``end`` entry; all its entries then."""
+    deadline = time.monotonic() + timeout_s
+    last_id: bytes | str = "0-0"
+    while time.monotonic() < deadline:
+        reply = cast(XReadReply, await redis.xread({key: last_id}, block=200))
+        for _, entries in reply or ():
+            for entry_id, fields in entries:
+                last_id = entry_id
+                if fields.get(b"kind") == b"end":
+                    return await xrange(redis, key)
+    raise AssertionError(f"no end entry on {key} within {timeout_s} s")

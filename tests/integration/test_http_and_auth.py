@@ -1,0 +1,311 @@
+"""The gateway's HTTP side, bearer-token authentication, and a Redis that goes away."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import http.server
+import json
+import shutil
+import socket
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
+from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidStatus
+
+from callstream.simulate import simulate
+from ingress.server import Gateway
+from shared.errors import ConfigError
+from shared.settings import AuthSettings, Settings
+
+ISSUER = "https://acscallautomation.communication.azure.com"
+AUDIENCE = "acs-resource-id"
+
+
+def http_get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+async def get(url: str) -> tuple[int, str]:
+    return await asyncio.to_thread(http_get, url)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def http_base(gateway: Gateway) -> str:
+    return f"http://127.0.0.1:{gateway.port}"
+
+
+# ------------------------------------------------------------------ HTTP endpoints
+
+
+async def test_health_ready_and_metrics(settings: Settings) -> None:
+    async with Gateway(settings) as gateway:
+        base = http_base(gateway)
+        assert await get(base + "/healthz") == (200, "ok\n")
+        assert await get(base + "/readyz") == (200, "ready\n")
+        status, body = await get(base + "/metrics")
+        assert status == 200
+        assert "callstream_ingest_latency_seconds_bucket" in body
+        assert "callstream_ingress_rejects_total" in body
+        assert "callstream_egress_frames_sent_total" in body
+        assert (await get(base + "/nope"))[0] == 404
+        status, body = await get(base + "/ws/bad%20id")
+        assert status == 400
+        assert "call id must be" in body
+        status, body = await get(base + "/ws/x?mode=stereo")
+        assert (status, body) == (400, "mode must be mixed or unmixed, got 'stereo'\n")
+        assert (await get(base + "/ws/plain-http"))[0] == 426  # not a WebSocket upgrade
+
+
+async def test_readyz_is_503_when_redis_does_not_answer(settings: Settings) -> None:
+    dead = dataclasses.replace(settings, redis_url=f"redis://127.0.0.1:{free_port()}/0")
+    async with Gateway(dead) as gateway:
+        status, body = await get(http_base(gateway) + "/readyz")
+        assert status == 503
+        assert body.startswith("Redis unavailable:")
+        assert (await get(http_base(gateway) + "/healthz"))[0] == 200
+
+
+# ------------------------------------------------------------------ Redis going away
+
+
+class RedisProcess:
+    """A private redis-server on a fixed port that a test can kill and restart."""
+
+    def __init__(self, port: int, workdir: Path) -> None:
+        self.port = port
+        self.workdir = workdir
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        binary = shutil.which("redis-server")
+        assert binary is not None, "redis-server is needed for this test"
+        self.proc = subprocess.Popen(
+            [
+                binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.workdir),
+            ],
+            stdout=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as sock:
+                    sock.sendall(b"PING\r\n")
+                    if sock.recv(16).startswith(b"+PONG"):
+                        return
+            except OSError:
+                time.sleep(0.05)
+        raise AssertionError("redis-server did not start")
+
+    def kill(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+            self.proc = None
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[RedisProcess]:
+    server = RedisProcess(free_port(), tmp_path)
+    server.start()
+    yield server
+    server.kill()
+
+
+async def wait_ready(gateway: Gateway, status: int, timeout_s: float = 10) -> None:
+    deadline = time.monotonic() + timeout_s
+    while (await get(http_base(gateway) + "/readyz"))[0] != status:
+        assert time.monotonic() < deadline, f"/readyz never became {status}"
+        await asyncio.sleep(0.1)
+
+
+async def test_a_call_that_cannot_be_published_is_closed_1011_and_the_gateway_recovers(
+    settings: Settings, private_redis: RedisProcess
+) -> None:
+    local = dataclasses.replace(settings, redis_url=private_redis.url)
+    async with Gateway(local) as gateway:
+        call = asyncio.create_task(
+            simulate(gateway.url, [b"\x10\x00" * 16000 * 4], call_ids=["doomed"], linger_s=0.2)
+        )
+        # Let the call stream, then take Redis away under it.
+        deadline = time.monotonic() + 10
+        while gateway.registry.get_sample_value("callstream_ingress_frames_total") in (None, 0.0):
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.05)
+        private_redis.kill()
+        [result] = await call
+        assert result.close_code == 1011
+        assert result.close_reason.startswith("event bus unavailable")
+        assert result.frames_sent < 200  # closed long before its 4 s were sent
+        await wait_ready(gateway, 503)
+        rejects = gateway.registry.get_sample_value(
+            "callstream_ingress_rejects_total", {"reason": "bus_unavailable"}
+        )
+        assert rejects == 1
+        # Redis comes back: the same gateway process serves a new call.
+        private_redis.start()
+        await wait_ready(gateway, 200)
+        [after] = await simulate(
+            gateway.url, [b"\x10\x00" * 16000], call_ids=["after"], linger_s=0.2
+        )
+        assert after.completed, after.error or after.close_reason
+
+
+# ------------------------------------------------------------------ authentication
+
+
+@pytest.fixture(scope="module")
+def signing_key() -> rsa.RSAPrivateKey:
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+def jwks(key: rsa.RSAPrivateKey, kid: str = "k1") -> dict[str, object]:
+    public = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(key.public_key()))
+    public.update({"kid": kid, "use": "sig", "alg": "RS256"})
+    return {"keys": [public]}
+
+
+def token(
+    key: rsa.RSAPrivateKey,
+    *,
+    kid: str = "k1",
+    iss: str = ISSUER,
+    aud: str = AUDIENCE,
+    expires_in_s: int = 3600,
+) -> str:
+    now = int(time.time())
+    claims = {"iss": iss, "aud": aud, "iat": now, "nbf": now - 5, "exp": now + expires_in_s}
+    return jwt.encode(claims, key, algorithm="RS256", headers={"kid": kid})
+
+
+@pytest.fixture
+async def authed_gateway(
+    settings: Settings, signing_key: rsa.RSAPrivateKey, tmp_path: Path
+) -> AsyncIterator[Gateway]:
+    path = tmp_path / "jwks.json"
+    path.write_text(json.dumps(jwks(signing_key)))
+    auth = AuthSettings(jwks_file=str(path), issuer=ISSUER, audience=AUDIENCE)
+    async with Gateway(dataclasses.replace(settings, auth=auth)) as gateway:
+        yield gateway
+
+
+async def refused_status(url: str, authorization: str | None) -> int:
+    headers = {"Authorization": authorization} if authorization else {}
+    with pytest.raises(InvalidStatus) as refused:
+        await connect(url, additional_headers=headers)
+    return refused.value.response.status_code
+
+
+async def test_bad_tokens_are_refused_with_401(
+    authed_gateway: Gateway, signing_key: rsa.RSAPrivateKey
+) -> None:
+    other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    url = authed_gateway.url
+    cases = {
+        "missing": None,
+        "not bearer": "Basic dXNlcjpwYXNz",
+        "garbage": "Bearer not-a-jwt",
+        "wrong key": f"Bearer {token(other)}",
+        "unknown kid": f"Bearer {token(signing_key, kid='k9')}",
+        "wrong audience": f"Bearer {token(signing_key, aud='someone-else')}",
+        "wrong issuer": f"Bearer {token(signing_key, iss='https://evil.example')}",
+        "expired": f"Bearer {token(signing_key, expires_in_s=-60)}",
+    }
+    for name, header in cases.items():
+        assert await refused_status(url, header) == 401, name
+    rejects = authed_gateway.registry.get_sample_value(
+        "callstream_ingress_rejects_total", {"reason": "unauthenticated"}
+    )
+    assert rejects == len(cases)
+
+
+async def test_a_valid_token_lets_the_call_in(
+    authed_gateway: Gateway, signing_key: rsa.RSAPrivateKey
+) -> None:
+    [result] = await simulate(
+        authed_gateway.url,
+        [b"\x10\x00" * 8000],
+        linger_s=0.2,
+        headers={"Authorization": f"Bearer {token(signing_key)}"},
+    )
+    assert result.completed, result.error
+
+
+async def test_keys_can_come_from_a_jwks_url(
+    settings: Settings, signing_key: rsa.RSAPrivateKey
+) -> None:
+    body = json.dumps(jwks(signing_key)).encode()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        auth = AuthSettings(
+            jwks_url=f"http://127.0.0.1:{server.server_address[1]}/calling/keys",
+            issuer=ISSUER,
+            audience=AUDIENCE,
+        )
+        async with Gateway(dataclasses.replace(settings, auth=auth)) as gateway:
+            assert await refused_status(gateway.url, None) == 401
+            [result] = await simulate(
+                gateway.url,
+                [b"\x10\x00" * 8000],
+                linger_s=0.2,
+                headers={"Authorization": f"Bearer {token(signing_key)}"},
+            )
+            assert result.completed, result.error
+    finally:
+        server.shutdown()
+        thread.join()
+
+
+async def test_public_address_without_auth_refuses_to_start(settings: Settings) -> None:
+    with pytest.raises(
+        ConfigError, match=r"refusing to listen on 0\.0\.0\.0 without authentication"
+    ):
+        Gateway(settings, host="0.0.0.0")
+    async with Gateway(settings, host="0.0.0.0", allow_unauthenticated=True) as gateway:
+        assert gateway.port > 0
