@@ -1,0 +1,246 @@
+"""The ACS call emulator against servers of its own, and the CLI against real processes."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import itertools
+import json
+import os
+import socket
+import sys
+import wave
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from websockets.asyncio.server import ServerConnection, serve
+from websockets.http11 import Response
+
+from callstream.demo import synth_talker
+from callstream.emulator.wav import load_wav
+from callstream.simulate import simulate
+from shared.audio import chunk, is_silent
+from shared.errors import ProtocolError
+from shared.events import parse_iso_ms
+from shared.protocols.acs import AudioData, AudioMetadata, DtmfData, InboundSession
+from shared.settings import Settings
+
+RATE = 16000
+SPELLINGS = [
+    '{{"Kind":"AudioData","AudioData":{{"Data":"{}"}},"StopAudio":null}}',
+    '{{"kind":"AudioData","audioData":{{"data":"{}"}}}}',
+    '{{"kind":"audioData","audioData":{{"data":"{}","isSilent":false}},"stopAudio":{{}}}}',
+]
+
+
+class EchoBot:
+    """A bot written the way ACS samples are: echoes speech in every outbound spelling."""
+
+    def __init__(self, *, stop_after: int | None = None, close_with: int | None = None) -> None:
+        self.received: list[object] = []
+        self.stop_after = stop_after
+        self.close_with = close_with
+
+    async def handle(self, conn: ServerConnection) -> None:
+        session = InboundSession()
+        echoed = 0
+        async for message in conn:
+            try:
+                parsed = session.receive(message)
+            except ProtocolError:
+                await conn.close(1007, "bad message")
+                return
+            self.received.append(parsed)
+            if isinstance(parsed, AudioData) and self.close_with is not None:
+                await conn.close(self.close_with, "policy says no")
+                return
+            if isinstance(parsed, AudioData) and not parsed.silent:
+                data = base64.b64encode(parsed.pcm).decode()
+                await conn.send(SPELLINGS[echoed % 3].format(data))
+                await conn.send("garbage that is not JSON")
+                echoed += 1
+                if echoed == self.stop_after:
+                    await conn.send('{"kind":"stopAudio","stopAudio":{}}')
+
+
+@pytest.fixture
+async def bot_url() -> AsyncIterator[tuple[str, EchoBot]]:
+    bot = EchoBot()
+    async with serve(bot.handle, "127.0.0.1", 0) as server:
+        port = next(iter(server.sockets)).getsockname()[1]
+        yield f"ws://127.0.0.1:{port}/bot", bot
+
+
+def speech(pcm: bytes) -> list[bytes]:
+    return [f for f in chunk(pcm, 640) if not is_silent(f)]
+
+
+async def test_calls_look_like_acs_and_every_outbound_spelling_plays(
+    bot_url: tuple[str, EchoBot],
+) -> None:
+    url, bot = bot_url
+    talker = synth_talker(RATE, 2.0, (0.1, 1.8), 150.0, seed=9)
+    [result] = await simulate(url, [talker], dtmf=[("5#", 0.5)], linger_s=1.0)
+    assert result.completed
+    assert isinstance(bot.received[0], AudioMetadata)
+    frames = [m for m in bot.received if isinstance(m, AudioData)]
+    assert len(frames) == result.frames_sent == 100
+    assert b"".join(f.pcm for f in frames) == talker
+    assert [f.participant_raw_id for f in frames] == [None] * 100  # mixed: no participant
+    stamps = [f.timestamp for f in frames]
+    assert stamps[0] is not None
+    assert stamps[1] is not None
+    times = [parse_iso_ms(s or "") for s in stamps]
+    assert all(b - a == 20 for a, b in itertools.pairwise(times) if a and b)
+    assert [m.tone for m in bot.received if isinstance(m, DtmfData)] == ["5", "#"]
+    assert speech(result.recording) == speech(talker)
+    assert result.unknown_messages == len(speech(talker))  # the garbage after each echo
+    assert result.latencies_ms
+    assert max(result.latencies_ms) < 1000
+
+
+async def test_stop_audio_drops_what_is_queued() -> None:
+    bot = EchoBot(stop_after=30)
+    async with serve(bot.handle, "127.0.0.1", 0) as server:
+        port = next(iter(server.sockets)).getsockname()[1]
+        tone = synth_talker(RATE, 2.0, (0.0, 2.0), 200.0, seed=3)
+        [result] = await simulate(f"ws://127.0.0.1:{port}", [tone], linger_s=0.5)
+    assert result.stops_received == 1
+    assert result.frames_received == len(speech(tone))
+
+
+async def test_unmixed_sends_a_tagged_stream_per_participant(
+    bot_url: tuple[str, EchoBot],
+) -> None:
+    url, bot = bot_url
+    talkers = [synth_talker(24000, 1.0, (0.1, 0.9), 120.0 + 60 * i, seed=i) for i in range(3)]
+    silent = bytes(len(talkers[0]))
+    [result] = await simulate(
+        url, [talkers[0], silent, talkers[2]], rate_hz=24000, mode="unmixed", linger_s=0.5
+    )
+    assert result.completed
+    frames = [m for m in bot.received if isinstance(m, AudioData)]
+    assert len(frames) == 3 * 50
+    by_participant: dict[str | None, list[AudioData]] = {}
+    for frame in frames:
+        by_participant.setdefault(frame.participant_raw_id, []).append(frame)
+    ids = list(by_participant)
+    assert len(ids) == 3
+    assert str(ids[0]).startswith("8:acs:")
+    assert str(ids[1]).startswith("4:+1")
+    assert all(f.silent for f in by_participant[ids[1]])
+    assert b"".join(f.pcm for f in by_participant[ids[2]]) == talkers[2]
+
+
+async def test_a_server_closing_with_an_error_fails_the_call() -> None:
+    bot = EchoBot(close_with=1008)
+    async with serve(bot.handle, "127.0.0.1", 0) as server:
+        port = next(iter(server.sockets)).getsockname()[1]
+        [result] = await simulate(f"ws://127.0.0.1:{port}", [bytes(32000)], linger_s=0.2)
+    assert not result.completed
+    assert (result.close_code, result.close_reason) == (1008, "policy says no")
+    assert result.frames_sent < 100
+
+
+async def test_a_refused_upgrade_is_a_clear_error() -> None:
+    def refuse(conn: ServerConnection, request: object) -> Response:
+        return conn.respond(401, "token expired\n")
+
+    async with serve(EchoBot().handle, "127.0.0.1", 0, process_request=refuse) as server:
+        port = next(iter(server.sockets)).getsockname()[1]
+        [result] = await simulate(f"ws://127.0.0.1:{port}", [bytes(3200)])
+    assert not result.completed
+    assert result.error == "server refused the call: HTTP 401 Unauthorized: token expired"
+
+
+# ------------------------------------------------------------------ the CLI, real processes
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def write_wav(path: Path, pcm: bytes, rate: int) -> None:
+    with wave.open(str(path), "wb") as wav:
+        wav.setnchannels(1)
+        wav.setsampwidth(2)
+        wav.setframerate(rate)
+        wav.writeframes(pcm)
+
+
+async def test_cli_call_through_gateway_and_worker_processes(
+    settings: Settings, tmp_path: Path
+) -> None:
+    env = {**os.environ, "REDIS_URL": settings.redis_url, "CS_PREFIX": settings.prefix}
+    port = free_port()
+    gateway = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "callstream",
+        "gateway",
+        "--port",
+        str(port),
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    worker = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "callstream",
+        "worker",
+        "echo",
+        env=env,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    try:
+        assert gateway.stdout is not None
+        async with asyncio.timeout(20):
+            assert b"listening on" in await gateway.stdout.readline()
+        talker = synth_talker(48000, 1.5, (0.1, 1.3), 170.0, seed=5)
+        write_wav(tmp_path / "in.wav", talker, 48000)
+        sim = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "callstream",
+            "simulate",
+            f"ws://127.0.0.1:{port}/ws",
+            "--wav",
+            str(tmp_path / "in.wav"),
+            "--rate",
+            "24000",
+            "--record",
+            str(tmp_path / "out.wav"),
+            "--report",
+            str(tmp_path / "r.json"),
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        async with asyncio.timeout(60):
+            out, _ = await sim.communicate()
+        assert sim.returncode == 0, out.decode()
+        assert "1/1 calls completed" in out.decode()
+        report = json.loads((tmp_path / "r.json").read_text())
+        assert report["total"]["frames_sent"] == 75
+        assert report["total"]["completed"] == 1
+        with wave.open(str(tmp_path / "out.wav")) as wav:
+            assert (wav.getframerate(), wav.getnchannels(), wav.getsampwidth()) == (24000, 1, 2)
+            played = wav.readframes(wav.getnframes())
+        with wave.open(str(tmp_path / "in.wav")) as wav:
+            assert wav.getnframes() == len(talker) // 2
+        sent = load_wav(str(tmp_path / "in.wav"), 24000)
+        assert [f for f in chunk(played, 960) if not is_silent(f)] == [
+            f for f in chunk(sent, 960) if not is_silent(f)
+        ]
+    finally:
+        for proc in (gateway, worker):
+            if proc.returncode is None:
+                proc.terminate()
+                async with asyncio.timeout(15):
+                    assert await proc.wait() == 0

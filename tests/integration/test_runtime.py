@@ -1,0 +1,326 @@
+"""The worker runtime: ownership, capacity, hand-back, failover; and the echo worker.
+
+Driven without a gateway: the tests write `started` entries to cs:calls and frames to the
+calls' in streams themselves. Real Redis; short heartbeats.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, cast
+
+import redis.asyncio as aioredis
+
+from shared.entries import (
+    CallStarted,
+    InEnd,
+    InEntry,
+    InFrame,
+    decode_out,
+    encode_call,
+    encode_in,
+)
+from shared.settings import Settings
+from tests.helpers import xrange
+from workers.base import CallContext, CallHandler
+from workers.echo import echo_factory
+from workers.runtime import WorkerRuntime
+
+HEARTBEAT_S = 0.1
+
+
+async def start_call(redis: aioredis.Redis, settings: Settings, call_id: str) -> None:
+    started = CallStarted(call_id, 16000, "mixed", int(time.time() * 1000), "test")
+    await redis.xadd(settings.keys.calls, encode_call(started))
+
+
+async def add_frames(
+    redis: aioredis.Redis,
+    settings: Settings,
+    call_id: str,
+    first: int,
+    count: int,
+    *,
+    silent_every: int = 0,
+) -> None:
+    async with redis.pipeline(transaction=False) as pipe:
+        for seq in range(first, first + count):
+            silent = bool(silent_every) and seq % silent_every == 0
+            pcm = bytes(640) if silent else seq.to_bytes(4, "little") * 160
+            frame = InFrame(seq, 0, "", 0, silent, pcm)
+            pipe.xadd(settings.keys.call_in(call_id), encode_in(frame))
+        await pipe.execute()
+
+
+async def end_call(redis: aioredis.Redis, settings: Settings, call_id: str) -> None:
+    await redis.xadd(settings.keys.call_in(call_id), encode_in(InEnd("normal")))
+
+
+async def until(condition: Callable[[], Awaitable[bool]], timeout_s: float = 10.0) -> float:
+    """Poll ``condition`` until true (bounded); returns the seconds it took."""
+    start = time.monotonic()
+    while not await condition():
+        assert time.monotonic() - start < timeout_s, "condition not met in time"
+        await asyncio.sleep(0.02)
+    return time.monotonic() - start
+
+
+async def echoed_seqs(redis: aioredis.Redis, settings: Settings, call_id: str) -> list[int]:
+    entries = await xrange(redis, settings.keys.call_out(call_id))
+    seqs = []
+    for _, fields in entries:
+        out = decode_out(fields)
+        assert hasattr(out, "pcm")
+        seqs.append(int.from_bytes(cast(Any, out).pcm[:4], "little"))
+    return seqs
+
+
+async def group_info(redis: aioredis.Redis, settings: Settings, kind: str) -> dict[str, Any]:
+    groups = await redis.xinfo_groups(settings.keys.calls)
+    for group in groups:
+        name = group["name"]
+        if (name.decode() if isinstance(name, bytes) else name) == settings.keys.group(kind):
+            return group
+    raise AssertionError("group not found")
+
+
+def runtime(
+    settings: Settings, consumer: str, max_calls: int = 10, factory: Any = None
+) -> WorkerRuntime:
+    return WorkerRuntime(
+        settings,
+        "echo",
+        factory or echo_factory(0.0),
+        max_calls=max_calls,
+        consumer=consumer,
+        heartbeat_s=HEARTBEAT_S,
+    )
+
+
+# ------------------------------------------------------------------ echo
+
+
+async def test_echo_plays_back_speech_frames_in_order_and_finishes_the_call(
+    redis: aioredis.Redis, settings: Settings
+) -> None:
+    async with runtime(settings, "a") as worker:
+        await start_call(redis, settings, "c1")
+        await add_frames(redis, settings, "c1", 0, 100, silent_every=3)
+        await end_call(redis, settings, "c1")
+
+        async def done() -> bool:
+            return (
+                "c1" not in worker.owned
+                and await group_info(redis, settings, "echo")
+                == (await group_info(redis, settings, "echo"))
+                and (await group_info(redis, settings, "echo"))["pending"] == 0
+            )
+
+        await until(done)
+    assert await echoed_seqs(redis, settings, "c1") == [s for s in range(100) if s % 3]
+    assert await redis.exists(settings.keys.checkpoint("echo", "c1")) == 0
+
+
+async def test_echo_delay_holds_frames_back(redis: aioredis.Redis, settings: Settings) -> None:
+    async with runtime(settings, "a", factory=echo_factory(200.0)):
+        await start_call(redis, settings, "slow")
+        await add_frames(redis, settings, "slow", 0, 5)
+        await end_call(redis, settings, "slow")
+        await until(lambda: _len_is(redis, settings.keys.call_out("slow"), 5))
+    ins = await xrange(redis, settings.keys.call_in("slow"))
+    outs = await xrange(redis, settings.keys.call_out("slow"))
+    for (in_id, _), (out_id, _) in zip(ins, outs, strict=False):
+        assert int(out_id.split(b"-")[0]) >= int(in_id.split(b"-")[0]) + 200
+
+
+async def _len_is(redis: aioredis.Redis, key: str, n: int) -> bool:
+    return bool(await redis.xlen(key) == n)
+
+
+async def test_two_calls_are_isolated(redis: aioredis.Redis, settings: Settings) -> None:
+    async with runtime(settings, "a"):
+        for call_id, first in (("x", 0), ("y", 1000)):
+            await start_call(redis, settings, call_id)
+            await add_frames(redis, settings, call_id, first, 20)
+            await end_call(redis, settings, call_id)
+        await until(lambda: _len_is(redis, settings.keys.call_out("y"), 20))
+        await until(lambda: _len_is(redis, settings.keys.call_out("x"), 20))
+    assert await echoed_seqs(redis, settings, "x") == list(range(20))
+    assert await echoed_seqs(redis, settings, "y") == list(range(1000, 1020))
+
+
+# ------------------------------------------------------------------ ownership and capacity
+
+
+async def test_capacity_limits_owned_calls_and_the_rest_wait_in_the_lag(
+    redis: aioredis.Redis, settings: Settings
+) -> None:
+    async with runtime(settings, "a", max_calls=2) as worker:
+        for call_id in ("c1", "c2", "c3"):
+            await start_call(redis, settings, call_id)
+
+        async def two_owned() -> bool:
+            return len(worker.owned) == 2
+
+        await until(two_owned)
+        info = await group_info(redis, settings, "echo")
+        assert info["pending"] == 2  # calls being served
+        assert info["lag"] == 1  # calls waiting for a replica
+        first_two = set(worker.owned)
+        finished = sorted(first_two)[0]
+        await end_call(redis, settings, finished)
+
+        async def third_taken() -> bool:
+            return "c3" in worker.owned and finished not in worker.owned
+
+        await until(third_taken)
+        info = await group_info(redis, settings, "echo")
+        assert (info["pending"], info["lag"]) == (2, 0)
+
+
+async def test_two_replicas_share_calls_each_owned_once(
+    redis: aioredis.Redis, settings: Settings
+) -> None:
+    async with runtime(settings, "a", max_calls=2) as a, runtime(settings, "b", max_calls=2) as b:
+        for i in range(4):
+            await start_call(redis, settings, f"c{i}")
+
+        async def all_taken() -> bool:
+            return len(a.owned) + len(b.owned) == 4
+
+        await until(all_taken)
+        assert a.owned.isdisjoint(b.owned)
+        assert len(a.owned) == len(b.owned) == 2
+
+
+# ------------------------------------------------------------------ hand-back and failover
+
+
+class Recorder:
+    """A handler that records every in-stream entry id it processed, across replicas."""
+
+    seen: list[str]
+
+    def __init__(self, seen: list[str]) -> None:
+        self.seen = seen
+
+    async def handle(self, batch: Sequence[tuple[str, InEntry]]) -> None:
+        self.seen.extend(entry_id for entry_id, _ in batch)
+
+    async def aclose(self) -> None:
+        pass
+
+
+def recorder_factory(seen: list[str]) -> Callable[[CallContext], CallHandler]:
+    return lambda ctx: Recorder(seen)
+
+
+async def test_graceful_close_hands_the_call_to_another_replica_without_gaps_or_repeats(
+    redis: aioredis.Redis, settings: Settings
+) -> None:
+    seen: list[str] = []
+    a = runtime(settings, "a", factory=recorder_factory(seen))
+    b = runtime(settings, "b", max_calls=1, factory=recorder_factory(seen))
+    await a.__aenter__()
+    await start_call(redis, settings, "moving")
+    await until(lambda: _owned_by(a, "moving"))
+    async with b:
+        await add_frames(redis, settings, "moving", 0, 50)
+        await until(lambda: _seen_at_least(seen, 50))
+        await a.aclose()  # SIGTERM: hand back at once
+        took = await until(lambda: _owned_by(b, "moving"))
+        assert took < 1.0 + HEARTBEAT_S * 3
+        await add_frames(redis, settings, "moving", 50, 50)
+        await end_call(redis, settings, "moving")
+        await until(lambda: _not_owned(b, "moving"))
+    ids = [entry_id for entry_id, _ in await xrange(redis, settings.keys.call_in("moving"))]
+    assert seen == [i.decode() for i in ids]  # every entry once, in order
+
+
+async def _owned_by(worker: WorkerRuntime, call_id: str) -> bool:
+    return call_id in worker.owned
+
+
+async def _not_owned(worker: WorkerRuntime, call_id: str) -> bool:
+    return call_id not in worker.owned
+
+
+async def _seen_at_least(seen: list[str], n: int) -> bool:
+    return len(seen) >= n
+
+
+async def test_a_killed_replica_calls_are_taken_over_and_resumed(
+    redis: aioredis.Redis, settings: Settings
+) -> None:
+    """kill -9 a worker process mid-call: another takes the call and the echo completes."""
+    env = {**os.environ, "REDIS_URL": settings.redis_url, "CS_PREFIX": settings.prefix}
+    victim = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "callstream",
+        "worker",
+        "echo",
+        "--consumer",
+        "victim",
+        "--heartbeat-s",
+        str(HEARTBEAT_S),
+        env=env,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    try:
+        await start_call(redis, settings, "orphan")
+        await add_frames(redis, settings, "orphan", 0, 50)
+        await until(lambda: _len_is(redis, settings.keys.call_out("orphan"), 50), timeout_s=20)
+        victim.send_signal(signal.SIGKILL)
+        await victim.wait()
+        killed_at = time.monotonic()
+        async with runtime(settings, "rescuer") as rescuer:
+            await add_frames(redis, settings, "orphan", 50, 50)
+            await end_call(redis, settings, "orphan")
+            await until(lambda: _owned_by(rescuer, "orphan"), timeout_s=10)
+            assert time.monotonic() - killed_at < 5.0  # takeover within 5 s
+            await until(lambda: _not_owned(rescuer, "orphan"))
+    finally:
+        if victim.returncode is None:
+            victim.kill()
+            await victim.wait()
+    seqs = await echoed_seqs(redis, settings, "orphan")
+    # At least once: everything after the checkpoint is replayed, nothing is skipped.
+    assert set(seqs) == set(range(100))
+    assert seqs[-50:] == list(range(50, 100))
+
+
+async def test_the_cli_worker_exits_0_on_sigterm(settings: Settings) -> None:
+    env = {**os.environ, "REDIS_URL": settings.redis_url, "CS_PREFIX": settings.prefix}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "callstream",
+        "worker",
+        "echo",
+        "--heartbeat-s",
+        "0.1",
+        env=env,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert proc.stderr is not None
+    async with asyncio.timeout(20):
+        while b"serving up to" not in await proc.stderr.readline():
+            pass
+        proc.send_signal(signal.SIGTERM)
+        assert await proc.wait() == 0
+
+
+async def test_aclose_leaves_no_task_running(redis: aioredis.Redis, settings: Settings) -> None:
+    before = asyncio.all_tasks()
+    async with runtime(settings, "a") as worker:
+        await start_call(redis, settings, "t")
+        await until(lambda: _owned_by(worker, "t"))
+    assert asyncio.all_tasks() == before
