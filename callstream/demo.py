@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import json
 import wave
@@ -76,13 +77,17 @@ async def place_demo_call(
         print(f"Redis:   {url}")
         async with (
             Gateway(settings) as gateway,
-            WorkerRuntime(settings, "echo", echo_factory(0.0), max_calls=4),
+            WorkerRuntime(settings, "echo", echo_factory(0.0), max_calls=4) as worker,
         ):
             print(f"Gateway: {gateway.url}  (+ egress, echo worker)")
             print(f"Calling: {mode} {rate_hz} Hz, {len(talkers)} participants")
             results = await simulate(
                 gateway.url, talkers, rate_hz=rate_hz, mode=mode, dtmf=[("42#", 1.0)]
             )
+            # Let the worker see the call's end before everything shuts down.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(5):
+                    await worker.wait_idle()
     return results[0]
 
 

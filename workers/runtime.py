@@ -122,6 +122,8 @@ class WorkerRuntime:
         self._redis: aioredis.Redis | None = None
         self._calls: dict[str, _Owned] = {}
         self._capacity = asyncio.Event()
+        self._idle = asyncio.Event()  # set while no call is owned
+        self._idle.set()
         self._main: asyncio.Task[None] | None = None
         self._stopping = False
 
@@ -179,6 +181,10 @@ class WorkerRuntime:
             self._redis = None
         self._calls.clear()
         self._metrics.owned.set(0)
+
+    async def wait_idle(self) -> None:
+        """Wait until this replica owns no call (e.g. its calls have ended)."""
+        await self._idle.wait()
 
     async def wait_closed(self) -> None:
         """Wait until the claim loop ends (it only ends on aclose or a fatal error)."""
@@ -270,6 +276,7 @@ class WorkerRuntime:
         resume_from = checkpoint.decode() if checkpoint else None
         owned = _Owned(entry_id=entry_id, call=entry, last_id=resume_from or "0-0")
         self._calls[call_id] = owned
+        self._idle.clear()
         owned.task = asyncio.create_task(self._serve(owned, resume_from), name=f"call-{call_id}")
         self._metrics.taken.labels(self._kind, how).inc()
         self._metrics.owned.set(len(self._calls))
@@ -383,3 +390,5 @@ class WorkerRuntime:
                 self._calls.pop(call_id, None)
                 self._metrics.owned.set(len(self._calls))
                 self._capacity.set()
+                if not self._calls:
+                    self._idle.set()

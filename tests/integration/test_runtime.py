@@ -113,15 +113,9 @@ async def test_echo_plays_back_speech_frames_in_order_and_finishes_the_call(
         await add_frames(redis, settings, "c1", 0, 100, silent_every=3)
         await end_call(redis, settings, "c1")
 
-        async def done() -> bool:
-            return (
-                "c1" not in worker.owned
-                and await group_info(redis, settings, "echo")
-                == (await group_info(redis, settings, "echo"))
-                and (await group_info(redis, settings, "echo"))["pending"] == 0
-            )
-
-        await until(done)
+        async with asyncio.timeout(10):
+            await worker.wait_idle()
+        assert (await group_info(redis, settings, "echo"))["pending"] == 0
     assert await echoed_seqs(redis, settings, "c1") == [s for s in range(100) if s % 3]
     assert await redis.exists(settings.keys.checkpoint("echo", "c1")) == 0
 
