@@ -183,7 +183,7 @@ class Gateway:
             self._stack.push_async_callback(self._redis.aclose)
             self._publisher = await self._stack.enter_async_context(
                 Publisher(
-                    self._redis,
+                    self._settings.redis_url,
                     self._metrics,
                     self._on_publish_failure,
                     flush_interval_s=self._settings.flush_interval_ms / 1000,
@@ -331,10 +331,10 @@ class Gateway:
     async def _receive(self, call: _Call) -> str:
         """Read the call's messages until the socket closes; returns why it ended."""
         connection = call.connection
-        loop_time = asyncio.get_running_loop().time
+        monotonic = time.monotonic
         try:
             async for message in connection:
-                received_at = loop_time()
+                received_at = monotonic()
                 if isinstance(message, bytes):
                     error: ProtocolError = UnsupportedData(
                         f"expected text messages of JSON, got a binary message of "
