@@ -31,8 +31,8 @@ from shared.settings import DEFAULT_REDIS_URL
 async def _server_frames(server: servers.Server) -> int:
     if server.name == "bare":
         return await asyncio.to_thread(servers.bare_frames, server)
-    histogram = await asyncio.to_thread(servers.gateway_histogram, server)
-    return int(histogram.count)
+    # Frames whose XADD Redis acknowledged.
+    return int(await asyncio.to_thread(servers.gateway_counter, server))
 
 
 async def max_rate(

@@ -107,6 +107,15 @@ def bare_frames(server: Server) -> int:
     return frames
 
 
+def gateway_counter(server: Server, name: str = "callstream_ingress_frames_total") -> float:
+    text = http_get(f"http://127.0.0.1:{server.port}/metrics")
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name:
+                return float(sample.value)
+    raise RuntimeError(f"{name} not found in the gateway's /metrics")
+
+
 @dataclass
 class Histogram:
     """A Prometheus histogram snapshot: cumulative counts per upper bound."""

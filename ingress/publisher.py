@@ -28,11 +28,9 @@ from types import TracebackType
 from typing import cast
 
 import hiredis
-import redis
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError, ResponseError
 
 from ingress.metrics import IngressMetrics
+from ingress.redis_client import PipelineSocket
 from shared.entries import Fields
 
 log = logging.getLogger(__name__)
@@ -64,9 +62,7 @@ class Publisher:
         *,
         flush_interval_s: float = 0.0,
     ) -> None:
-        self._client = redis.Redis.from_url(
-            redis_url, socket_timeout=FLUSH_TIMEOUT_S, socket_connect_timeout=2
-        )
+        self._socket = PipelineSocket(redis_url, timeout_s=FLUSH_TIMEOUT_S)
         self._metrics = metrics
         self._on_failure = on_failure
         self._linger_s = flush_interval_s
@@ -96,7 +92,7 @@ class Publisher:
         self._stopping = True
         self._wake.set()
         await asyncio.to_thread(self._thread.join)
-        self._client.close()
+        self._socket.close()
         await asyncio.sleep(0)  # run the completions the thread scheduled last
 
     async def drain(self) -> None:
@@ -146,8 +142,8 @@ class Publisher:
     def _execute(self, batch: list[_Op]) -> list[object]:
         """Send the batch as one pipelined write and read one reply per command.
 
-        Each command is packed by hiredis straight from its arguments; the connection is
-        redis-py's (it handles AUTH, TLS, database selection and reconnects).
+        Each command is packed by hiredis straight from its arguments, and the replies are
+        parsed in bulk by hiredis (:class:`~ingress.redis_client.PipelineSocket`).
         """
         packed = b"".join(
             _pack(
@@ -157,38 +153,19 @@ class Publisher:
             else _pack("EXPIRE", op.key, op.arg)
             for op in batch
         )
-        pool = self._client.connection_pool
-        results: list[object] = []
-        for attempt in (1, 2):
-            try:
-                connection = pool.get_connection()
-                try:
-                    connection.send_packed_command(  # type: ignore[no-untyped-call]
-                        [packed], check_health=False
-                    )
-                    read = connection.read_response
-                    for _ in batch:
-                        try:
-                            results.append(read(disable_decoding=True))
-                        except ResponseError as exc:  # this command failed; the rest go on
-                            results.append(exc)
-                except BaseException:
-                    connection.disconnect()  # type: ignore[no-untyped-call]
-                    raise
-                finally:
-                    pool.release(connection)
-            except (RedisConnectionError, OSError) as exc:
-                # A connection that died with the server it spoke to fails before any reply:
-                # try once more on a fresh one. (Had Redis executed commands whose replies were
-                # lost, the retry would repeat them: entries carry `seq`.)
-                if attempt == 1 and not results:
-                    log.warning("publisher: %s; retrying the flush on a new connection", exc)
-                    continue
-                results += [exc] * (len(batch) - len(results))
-            except RedisError as exc:
-                results += [exc] * (len(batch) - len(results))
-            break
-        return results
+        try:
+            return self._socket.execute(packed, len(batch))
+        except ConnectionError as exc:
+            # A connection that died with the server it spoke to (a restart) fails at once:
+            # try once more on a fresh one. (Had Redis executed commands whose replies were
+            # lost, the retry would repeat them: entries carry `seq`.)
+            log.warning("publisher: %s; retrying the flush on a new connection", exc)
+        except OSError as exc:  # timed out, unreachable, ...
+            return [exc] * len(batch)
+        try:
+            return self._socket.execute(packed, len(batch))
+        except OSError as exc:
+            return [exc] * len(batch)
 
     # ------------------------------------------------------------------ back on the loop
 
@@ -199,7 +176,7 @@ class Publisher:
         ok = frames = 0
         observe = metrics.latency.observe
         for op, result in zip(batch, results, strict=True):
-            if isinstance(result, Exception):
+            if isinstance(result, Exception):  # hiredis.ReplyError, or the flush's failure
                 failed.setdefault(op.call_id, str(result) or type(result).__name__)
                 continue
             ok += 1
