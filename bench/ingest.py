@@ -58,6 +58,7 @@ async def max_rate(
         "frames_processed": processed,
         "frames_per_s": processed / elapsed,
         "server_cpu_s": cpu,
+        "frames_per_cpu_s": processed / cpu if cpu else 0.0,
     }
 
 
@@ -179,6 +180,8 @@ def report(results: dict[str, Any]) -> str:
         f"{'max-rate frames/s':34} {bare['max_rate']['frames_per_s']:>16.0f} "
         f"{gw['max_rate']['frames_per_s']:>12.0f}",
         f"{'gateway / bare (target >= 0.8)':34} {'':>16} {results['max_rate_ratio']:>12.2f}",
+        f"{'max-rate frames per server CPU-s':34} {bare['max_rate']['frames_per_cpu_s']:>16.0f} "
+        f"{gw['max_rate']['frames_per_cpu_s']:>12.0f}",
         f"{'real-time calls':34} {bare['real_time']['calls']:>16} {rt['calls']:>12}",
         f"{'  server CPU %':34} {bare['real_time']['server_cpu_pct']:>16.0f} "
         f"{rt['server_cpu_pct']:>12.0f}",
