@@ -18,24 +18,10 @@ from dataclasses import dataclass, field
 import numpy as np
 from websockets.asyncio.client import ClientConnection, connect
 
+from callstream.simulate import metadata_message
 from shared.audio import FRAME_MS, frame_bytes_for
 
 SUBSLOTS = 10  # calls are spread over this many sub-slots of the 20 ms period
-
-
-def metadata_message(rate_hz: int) -> str:
-    return json.dumps(
-        {
-            "kind": "AudioMetadata",
-            "audioMetadata": {
-                "subscriptionId": str(uuid.uuid4()),
-                "encoding": "PCM",
-                "sampleRate": rate_hz,
-                "channels": 1,
-                "length": frame_bytes_for(rate_hz),
-            },
-        }
-    )
 
 
 def frame_messages(rate_hz: int, count: int = 50, seed: int = 7) -> list[str]:

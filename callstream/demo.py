@@ -13,12 +13,12 @@ import asyncio
 import contextlib
 import dataclasses
 import json
-import wave
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from callstream.emulator.wav import write_wav
 from callstream.localredis import ensure_redis
 from callstream.simulate import CallResult, simulate
 from ingress.server import Gateway
@@ -53,14 +53,6 @@ def synth_talker(
         out[start : start + n] = 0.25 * voice * envelope
         t_s += length_s + float(rng.uniform(0.06, 0.2))
     return (np.clip(out, -1, 1) * 32767).astype("<i2").tobytes()
-
-
-def write_wav(path: Path, pcm: bytes, rate_hz: int) -> None:
-    with wave.open(str(path), "wb") as wav:
-        wav.setnchannels(1)
-        wav.setsampwidth(2)
-        wav.setframerate(rate_hz)
-        wav.writeframes(pcm)
 
 
 def speech_frames(pcm: bytes, rate_hz: int) -> list[bytes]:
@@ -104,8 +96,8 @@ def run_demo(settings: Settings, *, rate_hz: int, mode: Mode, seconds: float, ou
         sent = _interleaved_speech(talkers, rate_hz)
     played = speech_frames(result.recording, rate_hz)
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_wav(out_dir / "input.wav", mix(talkers), rate_hz)
-    write_wav(out_dir / "recording.wav", result.recording, rate_hz)
+    write_wav(str(out_dir / "input.wav"), mix(talkers), rate_hz)
+    write_wav(str(out_dir / "recording.wav"), result.recording, rate_hz)
     p50, p99 = (
         np.percentile(result.latencies_ms, [50, 99]) if result.latencies_ms else (np.nan, np.nan)
     )

@@ -20,7 +20,6 @@ import os
 import sys
 import time
 import uuid
-import wave
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -32,7 +31,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 
 from callstream.emulator.playback import Playback
 from callstream.emulator.speakers import DominantSpeakers
-from callstream.emulator.wav import load_wav
+from callstream.emulator.wav import load_wav, write_wav
 from shared.audio import FRAME_MS, Mode, as_int16, chunk, frame_bytes_for, is_silent, mix
 from shared.errors import ConfigError, ProtocolError
 from shared.events import iso_time
@@ -242,7 +241,8 @@ class _Call:
         result.duration_s = now - self.start_s
 
 
-def _metadata(rate_hz: int) -> str:
+def metadata_message(rate_hz: int) -> str:
+    """An ACS AudioMetadata message for PCM16 mono at ``rate_hz``."""
     return json.dumps(
         {
             "kind": "AudioMetadata",
@@ -310,7 +310,7 @@ async def simulate(
     start_s = loop.time()
     active = [_Call(call_id, rate_hz, start_s) for call_id in ids]
     await asyncio.gather(*(_open(c, url, headers or {}) for c in active))
-    metadata = _metadata(rate_hz)
+    metadata = metadata_message(rate_hz)
     for call in active:
         if call.conn is not None:
             await call.send(metadata, None, loop.time())
@@ -424,14 +424,6 @@ async def _linger(active: list[_Call], linger_s: float) -> None:
 
 
 # --------------------------------------------------------------------------- CLI
-
-
-def write_wav(path: str, pcm: bytes, rate_hz: int) -> None:
-    with wave.open(path, "wb") as wav:
-        wav.setnchannels(1)
-        wav.setsampwidth(2)
-        wav.setframerate(rate_hz)
-        wav.writeframes(pcm)
 
 
 def _record_path(base: str, index: int, total: int) -> str:

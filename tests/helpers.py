@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import cast
 
 import redis.asyncio as aioredis
@@ -30,32 +31,36 @@ async def events(redis: aioredis.Redis, key: str) -> list[Event]:
     return [Event.from_fields(fields) for _, fields in await xrange(redis, key)]
 
 
+async def wait_for_entry(
+    redis: aioredis.Redis,
+    key: str,
+    matches: Callable[[dict[bytes, bytes]], bool],
+    timeout_s: float,
+) -> dict[bytes, bytes]:
+    """Block on stream ``key`` (from its start) until an entry ``matches``; that entry."""
+    deadline = time.monotonic() + timeout_s
+    last_id: bytes | str = "0-0"
+    while time.monotonic() < deadline:
+        reply = cast(XReadReply, await redis.xread({key: last_id}, block=200))
+        for _, entries in reply or ():
+            for entry_id, fields in entries:
+                last_id = entry_id
+                if matches(fields):
+                    return fields
+    raise AssertionError(f"no matching entry on {key} within {timeout_s} s")
+
+
 async def wait_for_event(
     redis: aioredis.Redis, key: str, event_type: str, timeout_s: float
 ) -> Event:
     """Block on ``key`` until an event of ``event_type`` arrives (from the stream's start)."""
-    deadline = time.monotonic() + timeout_s
-    last_id: bytes | str = "0-0"
-    while time.monotonic() < deadline:
-        reply = cast(XReadReply, await redis.xread({key: last_id}, block=200))
-        for _, entries in reply or ():
-            for entry_id, fields in entries:
-                last_id = entry_id
-                event = Event.from_fields(fields)
-                if event.type == event_type:
-                    return event
-    raise AssertionError(f"no {event_type} event on {key} within {timeout_s} s")
+    fields = await wait_for_entry(
+        redis, key, lambda f: f.get(b"type") == event_type.encode(), timeout_s
+    )
+    return Event.from_fields(fields)
 
 
 async def wait_for_end(redis: aioredis.Redis, key: str, timeout_s: float = 5.0) -> StreamEntries:
     """Block until the in stream ``key`` holds its ``end`` entry; all its entries then."""
-    deadline = time.monotonic() + timeout_s
-    last_id: bytes | str = "0-0"
-    while time.monotonic() < deadline:
-        reply = cast(XReadReply, await redis.xread({key: last_id}, block=200))
-        for _, entries in reply or ():
-            for entry_id, fields in entries:
-                last_id = entry_id
-                if fields.get(b"kind") == b"end":
-                    return await xrange(redis, key)
-    raise AssertionError(f"no end entry on {key} within {timeout_s} s")
+    await wait_for_entry(redis, key, lambda f: f.get(b"kind") == b"end", timeout_s)
+    return await xrange(redis, key)

@@ -1,4 +1,4 @@
-"""Load any PCM WAV as 16-bit mono at a given rate (numpy + soxr)."""
+"""Load any PCM WAV as 16-bit mono at a given rate (numpy + soxr), and write PCM16 WAVs."""
 
 from __future__ import annotations
 
@@ -43,3 +43,12 @@ def load_wav(path: str, rate_hz: int) -> bytes:
     if source_rate != rate_hz and samples.size:
         samples = soxr.resample(samples, source_rate, rate_hz, quality="HQ")
     return (np.clip(np.round(samples * 32768.0), -32768, 32767)).astype("<i2").tobytes()
+
+
+def write_wav(path: str, pcm: bytes, rate_hz: int) -> None:
+    """Write PCM16 mono at ``rate_hz`` as a WAV file."""
+    with wave.open(path, "wb") as wav:
+        wav.setnchannels(1)
+        wav.setsampwidth(2)
+        wav.setframerate(rate_hz)
+        wav.writeframes(pcm)

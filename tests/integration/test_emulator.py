@@ -18,7 +18,7 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.http11 import Response
 
 from callstream.demo import synth_talker
-from callstream.emulator.wav import load_wav
+from callstream.emulator.wav import load_wav, write_wav
 from callstream.simulate import simulate
 from shared.audio import chunk, is_silent
 from shared.errors import ProtocolError
@@ -164,14 +164,6 @@ def free_port() -> int:
         return port
 
 
-def write_wav(path: Path, pcm: bytes, rate: int) -> None:
-    with wave.open(str(path), "wb") as wav:
-        wav.setnchannels(1)
-        wav.setsampwidth(2)
-        wav.setframerate(rate)
-        wav.writeframes(pcm)
-
-
 async def test_cli_call_through_gateway_and_worker_processes(
     settings: Settings, tmp_path: Path
 ) -> None:
@@ -203,7 +195,7 @@ async def test_cli_call_through_gateway_and_worker_processes(
         async with asyncio.timeout(20):
             assert b"listening on" in await gateway.stdout.readline()
         talker = synth_talker(48000, 1.5, (0.1, 1.3), 170.0, seed=5)
-        write_wav(tmp_path / "in.wav", talker, 48000)
+        write_wav(str(tmp_path / "in.wav"), talker, 48000)
         sim = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
