@@ -98,6 +98,9 @@ class Publisher:
     async def drain(self) -> None:
         """Wait until everything buffered so far has been flushed (or failed)."""
         while self._pending or not self._idle.is_set():
+            if not self._thread.is_alive():
+                log.error("publisher: thread is gone; %d entries not published", len(self._pending))
+                break
             self._wake.set()
             await asyncio.to_thread(self._idle.wait, 0.1)
         await asyncio.sleep(0)
