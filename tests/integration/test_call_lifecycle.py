@@ -1,0 +1,86 @@
+"""What the gateway publishes over a call's life, and where the call id comes from."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import AsyncIterator
+from typing import cast
+
+import pytest
+import redis.asyncio as aioredis
+from websockets.asyncio.client import connect
+
+from callstream.simulate import metadata_message, simulate
+from ingress.server import Gateway
+from shared.entries import CallEnded, CallStarted, InFrame, decode_call, decode_in
+from shared.settings import Settings
+from tests.helpers import events, wait_for_end, wait_for_entry, xrange
+
+
+@pytest.fixture
+async def gateway(settings: Settings) -> AsyncIterator[Gateway]:
+    async with Gateway(settings) as gw:
+        yield gw
+
+
+async def test_a_call_is_started_streamed_ended_and_expires(
+    gateway: Gateway, redis: aioredis.Redis, settings: Settings
+) -> None:
+    [result] = await simulate(
+        gateway.url, [b"\x20\x00" * 3200], rate_hz=16000, call_ids=["life"], linger_s=0.2
+    )
+    assert result.completed
+    entries = await wait_for_end(redis, settings.keys.call_in("life"))
+    frames = [decode_in(f) for _, f in entries[:-1]]
+    assert all(isinstance(f, InFrame) for f in frames)
+    assert [cast(InFrame, f).seq for f in frames] == list(range(10))
+    stamps = [cast(InFrame, f).ts_ms for f in frames]
+    assert [b - a for a, b in itertools.pairwise(stamps)] == [20] * 9
+    await wait_for_entry(redis, settings.keys.calls, lambda f: f[b"type"] == b"ended", 5)
+    calls = [decode_call(f) for _, f in await xrange(redis, settings.keys.calls)]
+    started, ended = calls
+    assert isinstance(started, CallStarted)
+    assert (started.call_id, started.rate_hz, started.mode) == ("life", 16000, "mixed")
+    assert isinstance(ended, CallEnded)
+    assert (ended.call_id, ended.reason) == ("life", "normal")
+    types = [e.type for e in await events(redis, settings.keys.call_events("life"))]
+    assert types == ["call.started", "call.ended"]
+    for key in settings.keys.call_keys("life")[::2]:  # in and events exist, with a TTL
+        assert 0 < await redis.ttl(key) <= settings.call_ttl_s
+
+
+@pytest.mark.parametrize(
+    ("path", "headers", "expected"),
+    [
+        ("/ws/from-path", {}, "from-path"),
+        ("/ws", {"x-ms-call-connection-id": "from-header"}, "from-header"),
+        ("/ws?callId=from-query", {}, "from-query"),
+    ],
+)
+async def test_the_call_id_comes_from_path_header_or_query(
+    gateway: Gateway,
+    redis: aioredis.Redis,
+    settings: Settings,
+    path: str,
+    headers: dict[str, str],
+    expected: str,
+) -> None:
+    base = gateway.url.removesuffix("/ws")
+    async with connect(base + path, additional_headers=headers) as conn:
+        await conn.send(metadata_message(16000))
+        await conn.send(json.dumps({"kind": "DtmfData", "dtmfData": {"data": "1"}}))
+    await wait_for_end(redis, settings.keys.call_in(expected))
+
+
+async def test_without_any_id_one_is_generated(
+    gateway: Gateway, redis: aioredis.Redis, settings: Settings
+) -> None:
+    base = gateway.url.removesuffix("/ws")
+    async with connect(base + "/ws?mode=unmixed") as conn:
+        await conn.send(metadata_message(24000))
+    fields = await wait_for_entry(redis, settings.keys.calls, lambda f: f[b"type"] == b"started", 5)
+    started = decode_call(fields)
+    assert isinstance(started, CallStarted)
+    assert len(started.call_id) == 36  # a UUID
+    assert (started.mode, started.rate_hz) == ("unmixed", 24000)
