@@ -1,11 +1,11 @@
-"""Benchmarks: ``python -m bench ingest ...`` (see docs/performance.md)."""
+"""Benchmarks: ``python -m bench ingest|egress ...`` (see docs/performance.md)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-from bench import ingest
+from bench import egress, ingest
 
 
 def main() -> int:
@@ -14,9 +14,14 @@ def main() -> int:
     ingest.add_arguments(
         sub.add_parser("ingest", help=ingest.__doc__.splitlines()[0] if ingest.__doc__ else None)
     )
+    egress.add_arguments(
+        sub.add_parser("egress", help=egress.__doc__.splitlines()[0] if egress.__doc__ else None)
+    )
     args = parser.parse_args()
     if args.bench == "ingest":
         return ingest.main(args)
+    if args.bench == "egress":
+        return egress.main(args)
     return 2
 
 

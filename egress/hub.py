@@ -67,8 +67,8 @@ class EgressMetrics:
             "callstream_egress_redis_errors_total", "Failed out-stream reads", registry=registry
         )
         self.late = Histogram(
-            "callstream_egress_send_lateness_seconds",
-            "How long after its release time (slot - lead) a frame was sent",
+            "callstream_egress_wake_lateness_seconds",
+            "How late egress woke for a scheduled send (0 when new audio woke it first)",
             buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25),
             registry=registry,
         )
@@ -225,9 +225,6 @@ class EgressHub:
                     if isinstance(action, SendFrame):
                         await call.send(build_audio_data(action.pcm))
                         self._metrics.frames.inc()
-                        self._metrics.late.observe(
-                            max(0.0, loop.time() - (action.slot_s - self._lead_s))
-                        )
                     elif isinstance(action, SendStop):
                         await call.send(build_stop_audio())
                         self._metrics.stops.inc()
@@ -245,6 +242,8 @@ class EgressHub:
                     await call.wakeup.wait()
                 finally:
                     handle.cancel()
+                # Woken by new audio: not late; by the timer: as late as the loop made us.
+                self._metrics.late.observe(max(0.0, loop.time() - wake))
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a dead socket or anything else: this call only
