@@ -177,8 +177,8 @@ class Gateway:
 
     async def __aenter__(self) -> Gateway:
         try:
-            # No per-read socket timeout (the publisher bounds each flush instead): redis-py
-            # enters a timeout context for every reply otherwise.
+            # Egress and the health check: each bounds its own waits, so no per-read socket
+            # timeout (redis-py would enter a timeout context for every reply otherwise).
             self._redis = redis_client.connect(self._settings.redis_url, socket_connect_timeout=2)
             self._stack.push_async_callback(self._redis.aclose)
             self._publisher = await self._stack.enter_async_context(

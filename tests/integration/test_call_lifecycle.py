@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
+import threading
 from collections.abc import AsyncIterator
 from typing import cast
 
 import pytest
 import redis.asyncio as aioredis
 from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
 
 from callstream.simulate import metadata_message, simulate
 from ingress.server import Gateway
@@ -84,3 +87,21 @@ async def test_without_any_id_one_is_generated(
     assert isinstance(started, CallStarted)
     assert len(started.call_id) == 36  # a UUID
     assert (started.mode, started.rate_hz) == ("unmixed", 24000)
+
+
+async def test_closing_the_gateway_ends_its_calls_and_leaves_nothing_running(
+    settings: Settings, redis: aioredis.Redis
+) -> None:
+    tasks_before = asyncio.all_tasks()
+    async with Gateway(settings) as gateway:
+        conn = await connect(gateway.url + "/open-call?mode=mixed")
+        await conn.send(metadata_message(16000))
+        await wait_for_entry(redis, settings.keys.calls, lambda f: f[b"type"] == b"started", 5)
+    # The gateway closed the call with 1001 and published its end before stopping.
+    with pytest.raises(ConnectionClosed):
+        await conn.recv()
+    assert conn.close_code == 1001
+    entries = await xrange(redis, settings.keys.call_in("open-call"))
+    assert entries[-1][1][b"kind"] == b"end"
+    assert asyncio.all_tasks() == tasks_before
+    assert "publisher" not in {t.name for t in threading.enumerate()}  # its thread has ended
