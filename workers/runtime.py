@@ -76,6 +76,12 @@ class RuntimeMetrics:
             ["kind"],
             registry=registry,
         ).labels(kind)
+        self.lost = Counter(
+            "callstream_worker_calls_lost_total",
+            "Calls another replica took over from this one",
+            ["kind"],
+            registry=registry,
+        ).labels(kind)
         self.redis_errors = Counter(
             "callstream_worker_redis_errors_total", "Redis errors", ["kind"], registry=registry
         ).labels(kind)
@@ -265,8 +271,10 @@ class WorkerRuntime:
             return
         call_id = entry.call_id
         age_s = time.time() - entry.time_ms / 1000
-        if call_id in self._calls or age_s > self._settings.call_ttl_s:
-            # A duplicate delivery, or a call whose streams have expired: nothing to serve.
+        if call_id in self._calls:
+            return  # already ours (redelivered to us): it stays pending until the call ends
+        if age_s > self._settings.call_ttl_s:
+            # A call whose streams have expired: nothing to serve.
             await self._redis.xack(self._keys.calls, self._group, entry_id)
             return
         checkpoint = cast(
@@ -289,8 +297,27 @@ class WorkerRuntime:
         )
 
     async def _heartbeat(self) -> None:
+        """Refresh the claim on the calls still ours; give up those another replica took."""
         assert self._redis is not None
         if not self._calls:
+            return
+        mine = await self._pending_ids()
+        for owned in list(self._calls.values()):
+            if owned.entry_id not in mine:
+                # Our heartbeat came too late and another replica took the call over: it
+                # resumes from our last checkpoint, so we stop rather than claim it back.
+                log.warning(
+                    "worker %s: call %s was taken over by another replica",
+                    self._kind,
+                    owned.call.call_id,
+                )
+                self._metrics.lost.inc()
+                self._calls.pop(owned.call.call_id, None)
+                if owned.task is not None:
+                    owned.task.cancel()
+        self._metrics.owned.set(len(self._calls))
+        if not self._calls:
+            self._idle.set()
             return
         ids: list[StreamIdT] = [owned.entry_id for owned in self._calls.values()]
         async with self._redis.pipeline(transaction=False) as pipe:
@@ -298,6 +325,24 @@ class WorkerRuntime:
             for owned in self._calls.values():
                 self._queue_checkpoint(pipe, owned)
             await pipe.execute()
+
+    async def _pending_ids(self) -> set[str]:
+        """Ids of the `started` entries this consumer holds in the group's pending list."""
+        assert self._redis is not None
+        rows = await self._redis.xpending_range(
+            self._keys.calls,
+            self._group,
+            min="-",
+            max="+",
+            count=max(1000, 4 * self._max_calls),
+            consumername=self.consumer,
+        )
+        return {
+            row["message_id"].decode()
+            if isinstance(row["message_id"], bytes)
+            else str(row["message_id"])
+            for row in rows
+        }
 
     def _queue_checkpoint(self, pipe: aioredis.client.Pipeline, owned: _Owned) -> None:
         key = self._keys.checkpoint(self._kind, owned.call.call_id)

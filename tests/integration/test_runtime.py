@@ -113,9 +113,13 @@ async def test_echo_plays_back_speech_frames_in_order_and_finishes_the_call(
         await add_frames(redis, settings, "c1", 0, 100, silent_every=3)
         await end_call(redis, settings, "c1")
 
+        async def finished() -> bool:
+            info = await group_info(redis, settings, "echo")
+            return bool(info["lag"] == 0 and info["pending"] == 0)
+
+        await until(finished)  # delivered to the worker, served, acknowledged
         async with asyncio.timeout(10):
             await worker.wait_idle()
-        assert (await group_info(redis, settings, "echo"))["pending"] == 0
     assert await echoed_seqs(redis, settings, "c1") == [s for s in range(100) if s % 3]
     assert await redis.exists(settings.keys.checkpoint("echo", "c1")) == 0
 
@@ -321,3 +325,29 @@ async def test_aclose_leaves_no_task_running(redis: aioredis.Redis, settings: Se
         await start_call(redis, settings, "t")
         await until(lambda: _owned_by(worker, "t"))
     assert asyncio.all_tasks() == before
+
+
+async def test_a_replica_that_lost_its_claim_stops_serving_the_call(
+    redis: aioredis.Redis, settings: Settings
+) -> None:
+    """If another replica took the call (our heartbeat came too late), we let it go."""
+    # A slower heartbeat than the other tests: the thief's claim counts as alive (not idle for
+    # three heartbeats) for 1.5 s, long enough to see that we do not claim it back.
+    async with WorkerRuntime(
+        settings, "echo", echo_factory(0.0), consumer="a", heartbeat_s=0.5
+    ) as worker:
+        await start_call(redis, settings, "taken")
+        await add_frames(redis, settings, "taken", 0, 5)
+        await until(lambda: _owned_by(worker, "taken"))
+        pending = await redis.xpending_range(
+            settings.keys.calls, settings.keys.group("echo"), min="-", max="+", count=10
+        )
+        entry_id = pending[0]["message_id"]
+        await redis.xclaim(
+            settings.keys.calls, settings.keys.group("echo"), "thief", 0, [entry_id], justid=True
+        )
+        await until(lambda: _not_owned(worker, "taken"))
+        rows = await redis.xpending_range(
+            settings.keys.calls, settings.keys.group("echo"), min="-", max="+", count=10
+        )
+        assert [row["consumer"] for row in rows] == [b"thief"]  # not claimed back
