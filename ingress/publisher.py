@@ -148,12 +148,21 @@ class Publisher:
         Each command is packed by hiredis straight from its arguments, and the replies are
         parsed in bulk by hiredis (:class:`~ingress.redis_client.PipelineSocket`).
         """
+        pack = _PACK  # hiredis (C); called directly: a wrapper cost more than the packing
         packed = b"".join(
-            _pack(
-                "XADD", op.key, "MAXLEN", "~", op.arg, "*", *chain.from_iterable(op.fields.items())
+            pack(
+                (
+                    "XADD",
+                    op.key,
+                    "MAXLEN",
+                    "~",
+                    op.arg,
+                    "*",
+                    *chain.from_iterable(op.fields.items()),
+                )
             )
             if op.fields is not None
-            else _pack("EXPIRE", op.key, op.arg)
+            else pack(("EXPIRE", op.key, op.arg))
             for op in batch
         )
         try:
@@ -203,7 +212,4 @@ class Publisher:
                 self._on_failure(call_id, error)
 
 
-def _pack(*args: object) -> bytes:
-    """One command in the Redis protocol, packed by hiredis (C)."""
-    packed: bytes = hiredis.pack_command(cast(tuple[str | int | float | bytes], args))
-    return packed
+_PACK = cast(Callable[[tuple[object, ...]], bytes], hiredis.pack_command)
