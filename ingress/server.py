@@ -305,6 +305,11 @@ class Gateway:
             return connection.respond(
                 HTTPStatus.CONFLICT, f"call {target.call_id} is already connected here\n"
             )
+        if not self._redis_ok:  # the call could not be published: say so before it starts
+            self._metrics.rejects.labels("bus_unavailable").inc()
+            return connection.respond(
+                HTTPStatus.SERVICE_UNAVAILABLE, f"event bus unavailable: {self._redis_error}\n"
+            )
         return None
 
     # ------------------------------------------------------------------ one call

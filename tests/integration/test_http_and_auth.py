@@ -171,10 +171,14 @@ async def test_a_call_that_cannot_be_published_is_closed_1011_and_the_gateway_re
         assert result.close_reason.startswith("event bus unavailable")
         assert result.frames_sent < 200  # closed long before its 4 s were sent
         await wait_ready(gateway, 503)
+        # While Redis is away, new calls are refused at the upgrade rather than accepted.
+        [refused] = await simulate(gateway.url, [b"\x10\x00" * 1600], call_ids=["refused"])
+        assert refused.error is not None
+        assert refused.error.startswith("server refused the call: HTTP 503")
         rejects = gateway.registry.get_sample_value(
             "callstream_ingress_rejects_total", {"reason": "bus_unavailable"}
         )
-        assert rejects == 1
+        assert rejects == 2
         # Redis comes back: the same gateway process serves a new call.
         private_redis.start()
         await wait_ready(gateway, 200)
