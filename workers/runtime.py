@@ -47,6 +47,7 @@ from workers.base import CallContext, CallHandler, HandlerFactory
 log = logging.getLogger(__name__)
 
 READ_COUNT = 100  # inbound entries per read
+MIN_TAKEOVER_IDLE_S = 1.0
 HANDBACK_IDLE_MS = 10**9  # "idle for 11 days": any replica's XAUTOCLAIM takes it at once
 
 
@@ -206,7 +207,9 @@ class WorkerRuntime:
     async def _claim_loop(self) -> None:
         assert self._redis is not None
         redis = self._redis
-        min_idle_ms = int(self._heartbeat_s * 3000)
+        # A call is taken over once its owner has missed three heartbeats (and at least 1 s, so
+        # one slow turn of a busy owner's event loop does not hand its calls around).
+        min_idle_ms = int(max(3 * self._heartbeat_s, MIN_TAKEOVER_IDLE_S) * 1000)
         next_heartbeat = time.monotonic()
         backoff_s = 0.1
         while not self._stopping:
@@ -289,8 +292,9 @@ class WorkerRuntime:
         self._metrics.taken.labels(self._kind, how).inc()
         self._metrics.owned.set(len(self._calls))
         log.info(
-            "worker %s: took call %s (%s%s)",
+            "worker %s (%s): took call %s (%s%s)",
             self._kind,
+            self.consumer,
             call_id,
             how,
             f", resuming after {resume_from}" if resume_from else "",
