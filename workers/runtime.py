@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 
 READ_COUNT = 100  # inbound entries per read
 MIN_TAKEOVER_IDLE_S = 1.0
+READ_TIMEOUT_MARGIN_S = 5.0  # a blocking read not answered this long after its BLOCK fails
 HANDBACK_IDLE_MS = 10**9  # "idle for 11 days": any replica's XAUTOCLAIM takes it at once
 
 
@@ -145,7 +146,11 @@ class WorkerRuntime:
     # ------------------------------------------------------------------ lifecycle
 
     async def __aenter__(self) -> WorkerRuntime:
-        self._redis = aioredis.Redis.from_url(self._settings.redis_url)
+        # No socket timeout: with one, redis-py sends each command under ``asyncio.wait_for``,
+        # which on Python 3.11 can swallow a cancellation that lands as the send completes (a
+        # replica then kept serving a call it had handed back). Blocking reads are bounded by
+        # the server (BLOCK) and by ``asyncio.timeout`` here instead.
+        self._redis = aioredis.Redis.from_url(self._settings.redis_url, socket_timeout=None)
         try:
             await self._redis.xgroup_create(self._keys.calls, self._group, id="0", mkstream=True)
         except ResponseError as exc:
@@ -166,7 +171,11 @@ class WorkerRuntime:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Stop taking calls and hand the owned ones back at once; every task is awaited."""
+        """Stop taking calls and hand the owned ones back at once; every task is awaited.
+
+        Every loop also checks ``_stopping`` after each await, so a task stops even if its
+        cancellation is lost on the way (see ``__aenter__``).
+        """
         self._stopping = True
         if self._main is not None:
             self._main.cancel()
@@ -182,8 +191,7 @@ class WorkerRuntime:
                 with contextlib.suppress(asyncio.CancelledError):
                     await item.task
         if self._redis is not None:
-            if owned:
-                await self._hand_back(owned)
+            await self._hand_back(owned)
             await self._redis.aclose()
             self._redis = None
         self._calls.clear()
@@ -215,7 +223,8 @@ class WorkerRuntime:
         while not self._stopping:
             try:
                 if time.monotonic() >= next_heartbeat:
-                    await self._heartbeat()
+                    async with asyncio.timeout(READ_TIMEOUT_MARGIN_S):
+                        await self._heartbeat()
                     next_heartbeat = time.monotonic() + self._heartbeat_s
                 if self._free > 0:
                     claimed = await redis.xautoclaim(
@@ -231,27 +240,30 @@ class WorkerRuntime:
                             await self._take(entry_id.decode(), fields, how="failover")
                 if self._free > 0:
                     block_ms = max(1, int((next_heartbeat - time.monotonic()) * 1000))
-                    reply = cast(
-                        XReadReply,
-                        await redis.xreadgroup(
-                            self._group,
-                            self.consumer,
-                            {self._keys.calls: ">"},
-                            count=self._free,
-                            block=block_ms,
-                        ),
-                    )
+                    async with asyncio.timeout(block_ms / 1000 + READ_TIMEOUT_MARGIN_S):
+                        reply = cast(
+                            XReadReply,
+                            await redis.xreadgroup(
+                                self._group,
+                                self.consumer,
+                                {self._keys.calls: ">"},
+                                count=self._free,
+                                block=block_ms,
+                            ),
+                        )
                     for _, entries in reply or ():
                         for entry_id, fields in entries:
                             await self._take(entry_id.decode(), fields, how="new")
                 else:
                     self._capacity.clear()
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(
-                            self._capacity.wait(), max(0.0, next_heartbeat - time.monotonic())
-                        )
+                        async with asyncio.timeout_at(
+                            asyncio.get_running_loop().time()
+                            + max(0.0, next_heartbeat - time.monotonic())
+                        ):
+                            await self._capacity.wait()
                 backoff_s = 0.1
-            except (RedisError, OSError) as exc:
+            except (RedisError, OSError) as exc:  # OSError includes TimeoutError
                 self._metrics.redis_errors.inc()
                 log.warning(
                     "worker %s: Redis error (%s); retrying in %.1f s", self._kind, exc, backoff_s
@@ -272,6 +284,8 @@ class WorkerRuntime:
         if isinstance(entry, CallEnded):
             await self._redis.xack(self._keys.calls, self._group, entry_id)
             return
+        if self._stopping:
+            return  # delivered as we stopped: it stays pending and aclose hands it back
         call_id = entry.call_id
         age_s = time.time() - entry.time_ms / 1000
         if call_id in self._calls:
@@ -354,8 +368,15 @@ class WorkerRuntime:
         pipe.expire(key, self._settings.call_ttl_s)
 
     async def _hand_back(self, owned: Sequence[_Owned]) -> None:
+        """Save the owned calls' checkpoints and mark every entry this consumer holds (also
+        one delivered while it was stopping) as long idle, for another replica to take."""
         assert self._redis is not None
         try:
+            held: list[StreamIdT] = [
+                *sorted(await self._pending_ids() | {item.entry_id for item in owned})
+            ]
+            if not held:
+                return
             async with self._redis.pipeline(transaction=False) as pipe:
                 for item in owned:
                     self._queue_checkpoint(pipe, item)
@@ -364,12 +385,12 @@ class WorkerRuntime:
                     self._group,
                     self.consumer,
                     0,
-                    [item.entry_id for item in owned],
+                    held,
                     idle=HANDBACK_IDLE_MS,
                     justid=True,
                 )
                 await pipe.execute()
-            log.info("worker %s: handed back %d calls", self._kind, len(owned))
+            log.info("worker %s: handed back %d calls", self._kind, len(held))
         except (RedisError, OSError) as exc:
             log.warning(
                 "worker %s: could not hand back %d calls (%s); they will be taken over "
@@ -390,13 +411,15 @@ class WorkerRuntime:
         finished = False
         try:
             handler = self._factory(CallContext(owned.call, redis, self._settings, resume_from))
+            block_ms = int(self._heartbeat_s * 1000)
             while not finished:
-                reply = cast(
-                    XReadReply,
-                    await redis.xread(
-                        {key: owned.last_id}, count=READ_COUNT, block=int(self._heartbeat_s * 1000)
-                    ),
-                )
+                if self._stopping:
+                    return  # handed back by aclose, from owned.last_id
+                async with asyncio.timeout(block_ms / 1000 + READ_TIMEOUT_MARGIN_S):
+                    reply = cast(
+                        XReadReply,
+                        await redis.xread({key: owned.last_id}, count=READ_COUNT, block=block_ms),
+                    )
                 if not reply:
                     if not await redis.exists(key):
                         log.warning("call %s: inbound stream is gone; ending", call_id)

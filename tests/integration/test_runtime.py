@@ -7,6 +7,7 @@ calls' in streams themselves. Real Redis; short heartbeats.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import sys
@@ -238,6 +239,41 @@ async def test_graceful_close_hands_the_call_to_another_replica_without_gaps_or_
         await until(lambda: _not_owned(b, "moving"))
     ids = [entry_id for entry_id, _ in await xrange(redis, settings.keys.call_in("moving"))]
     assert seen == [i.decode() for i in ids]  # every entry once, in order
+
+
+class CancelSwallower(Recorder):
+    """Loses its task's cancellation, as ``asyncio.wait_for`` can on Python 3.11."""
+
+    def __init__(self, seen: list[str], busy: asyncio.Event) -> None:
+        super().__init__(seen)
+        self.busy = busy
+
+    async def handle(self, batch: Sequence[tuple[str, InEntry]]) -> None:
+        await super().handle(batch)
+        self.busy.set()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.sleep(1.0)
+        self.busy.clear()
+
+
+async def test_a_lost_cancellation_does_not_keep_a_stopped_replica_serving(
+    redis: aioredis.Redis, settings: Settings
+) -> None:
+    seen: list[str] = []
+    busy = asyncio.Event()
+    a = runtime(settings, "a", factory=lambda ctx: CancelSwallower(seen, busy))
+    await a.__aenter__()
+    await start_call(redis, settings, "sticky")
+    await add_frames(redis, settings, "sticky", 0, 10)
+    await busy.wait()  # A's handler holds the first batch: its cancellation will be lost
+    await a.aclose()
+    await add_frames(redis, settings, "sticky", 10, 10)
+    async with runtime(settings, "b", factory=recorder_factory(seen)) as b:
+        await until(lambda: _owned_by(b, "sticky"))
+        await end_call(redis, settings, "sticky")
+        await until(lambda: _not_owned(b, "sticky"))
+    ids = [entry_id for entry_id, _ in await xrange(redis, settings.keys.call_in("sticky"))]
+    assert seen == [i.decode() for i in ids]  # A stopped for good: nothing seen twice
 
 
 async def _owned_by(worker: WorkerRuntime, call_id: str) -> bool:
