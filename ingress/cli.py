@@ -6,7 +6,6 @@ import argparse
 import asyncio
 import logging
 import signal
-import sys
 from typing import Any
 
 from ingress.server import Gateway
@@ -15,13 +14,7 @@ from shared.settings import Settings
 log = logging.getLogger(__name__)
 
 
-# The publisher thread needs the GIL briefly after every Redis round trip; with the default
-# 5 ms switch interval it could wait that long behind the busy event loop (docs/performance.md).
-GIL_SWITCH_INTERVAL_S = 0.0005
-
-
 async def serve(settings: Settings, args: argparse.Namespace) -> int:
-    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

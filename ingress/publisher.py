@@ -1,36 +1,38 @@
 """Batched publishing of stream entries from every call of a gateway process.
 
-Connections append entries without waiting. A publisher thread, with its own Redis connection,
-sends what is buffered as one pipelined round trip as soon as its previous one has finished
-(natural batching: the busier the process, the bigger the batches), optionally lingering
-``flush_interval_s`` to batch more. Entries keep their order: one thread, one connection, one
-flush at a time, in buffer order.
+Connections hand over packed commands without waiting. Everything handed over during one turn
+of the event loop is written to Redis as one pipeline at the start of the next turn (or after
+``flush_interval_s``, to batch more), on one connection, so every call's entries keep their
+order. Replies are read by an :class:`asyncio.Protocol`: ``data_received`` feeds hiredis's
+reader and matches the replies to their batches in order. Nothing on this path awaits: a flush
+is one ``transport.write`` and a reply is one callback, so a busy event loop costs a batch at
+most a turn or two, and there is no second thread to share the GIL with (see
+docs/performance.md for the versions this replaced and why).
 
-Why a thread: the event loop that serves hundreds of call sockets turns only every several
-milliseconds under load, and a flush that waited on Redis inside it paid a full turn for every
-wait (see docs/performance.md). The thread blocks on its socket (releasing the GIL) and reports
-each flush back to the loop with ``call_soon_threadsafe``. A connection learns that its entries
-could not be published through ``on_failure(call_id, error)``, called on the loop once per call
-per flush.
+A connection learns that its entries could not be published through ``on_failure(call_id,
+error)``, called once per call per failed batch. A batch whose connection is lost is sent
+once more on a new connection (a Redis restart); a batch Redis has not answered within
+``FLUSH_TIMEOUT_S`` fails, and so do entries handed over while Redis cannot be reached.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-import threading
+import ssl
 import time
 from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from itertools import chain
 from types import TracebackType
 from typing import cast
+from urllib.parse import unquote, urlsplit
 
 import hiredis
 
 from ingress.metrics import IngressMetrics
-from ingress.redis_client import PipelineSocket
 from shared.entries import Fields
 
 log = logging.getLogger(__name__)
@@ -38,21 +40,49 @@ log = logging.getLogger(__name__)
 OnFailure = Callable[[str, str], None]
 
 LATENCY_SAMPLE_EVERY = 4  # ingest latency is observed for one frame in four (it costs ~1 us)
-FLUSH_TIMEOUT_S = 5.0  # a flush Redis has not answered by then fails (and its calls close)
-MAX_BATCH = 2000  # entries per flush
+FLUSH_TIMEOUT_S = 5.0  # a batch Redis has not answered by then fails (and its calls close)
+CONNECT_TIMEOUT_S = 2.0
+RETRY_CONNECT_AFTER_S = 0.5  # after a failed connect, entries fail at once for this long
+WATCHDOG_PERIOD_S = 0.5
+
+_PACK = cast(Callable[[tuple[object, ...]], bytes], hiredis.pack_command)
+_ReplyError = hiredis.ReplyError  # how the reader returns an error reply (not raised)
 
 
 @dataclass(slots=True)
-class _Op:
-    call_id: str
-    key: str
-    fields: Fields | None  # None: an EXPIRE of `key` by `arg` seconds
-    arg: int  # MAXLEN (approximate) for XADD, seconds for EXPIRE
-    received_at: float  # time.monotonic() the frame came off the socket; 0.0 if not a frame
+class _Batch:
+    commands: list[bytes]
+    call_ids: list[str]  # one per command; "" for the connection's own setup commands
+    received_at: list[float]  # one per command: monotonic receive time of a frame, else 0.0
+    sent_at: float = 0.0
+    results: list[object] = field(default_factory=list)
+    retried: bool = False
+
+
+class _Protocol(asyncio.Protocol):
+    def __init__(self, publisher: Publisher) -> None:
+        self._publisher = publisher
+        self._reader = hiredis.Reader()
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        reader = self._reader
+        reader.feed(data)
+        replies = []
+        while (reply := reader.gets()) is not False:
+            replies.append(reply)
+        if replies:
+            self._publisher._replies(self, replies)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._publisher._lost(self, exc)
 
 
 class Publisher:
-    """Buffers XADDs (and EXPIREs) and flushes them in pipelined batches from a thread."""
+    """Buffers packed commands and writes them to Redis in pipelined batches."""
 
     def __init__(
         self,
@@ -62,20 +92,35 @@ class Publisher:
         *,
         flush_interval_s: float = 0.0,
     ) -> None:
-        self._socket = PipelineSocket(redis_url, timeout_s=FLUSH_TIMEOUT_S)
+        parts = urlsplit(redis_url)
+        if parts.scheme not in ("redis", "rediss"):
+            raise ValueError(f"expected a redis:// or rediss:// URL, got {parts.scheme}://")
+        self._host = parts.hostname or "127.0.0.1"
+        self._port = parts.port or 6379
+        self._tls = parts.scheme == "rediss"
+        self._setup = _setup_commands(parts.username, parts.password, parts.path)
         self._metrics = metrics
         self._on_failure = on_failure
         self._linger_s = flush_interval_s
-        self._pending: deque[_Op] = deque()
-        self._wake = threading.Event()
-        self._idle = threading.Event()
-        self._idle.set()
-        self._stopping = False
         self._loop = asyncio.get_running_loop()
-        self._thread = threading.Thread(target=self._run, name="publisher", daemon=True)
+        # What was handed over since the last flush, in parallel lists (cheaper than objects).
+        self._commands: list[bytes] = []
+        self._call_ids: list[str] = []
+        self._received_at: list[float] = []
+        self._inflight: deque[_Batch] = deque()
+        self._retry: list[_Batch] = []  # batches to send again on the next connection
+        self._protocol: _Protocol | None = None
+        self._connecting: asyncio.Task[None] | None = None
+        self._down_until = 0.0
+        self._flush_handle: asyncio.Handle | None = None
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._watchdog: asyncio.Task[None] | None = None
+        self._closed = False
+        self._sample_offset = 0  # where the latency sampling continues in the next batch
 
     async def __aenter__(self) -> Publisher:
-        self._thread.start()
+        self._watchdog = asyncio.create_task(self._watch(), name="publisher-watchdog")
         return self
 
     async def __aexit__(
@@ -87,129 +132,254 @@ class Publisher:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Flush what is buffered (each flush bounded by FLUSH_TIMEOUT_S), then stop."""
+        """Publish what was handed over (each batch bounded by FLUSH_TIMEOUT_S), then stop."""
         await self.drain()
-        self._stopping = True
-        self._wake.set()
-        await asyncio.to_thread(self._thread.join)
-        self._socket.close()
-        await asyncio.sleep(0)  # run the completions the thread scheduled last
+        self._closed = True
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watchdog
+            self._watchdog = None
+        if self._protocol is not None and self._protocol.transport is not None:
+            self._protocol.transport.close()
+        self._protocol = None
 
     async def drain(self) -> None:
-        """Wait until everything buffered so far has been flushed (or failed)."""
-        while self._pending or not self._idle.is_set():
-            if not self._thread.is_alive():
-                log.error("publisher: thread is gone; %d entries not published", len(self._pending))
-                break
-            self._wake.set()
-            await asyncio.to_thread(self._idle.wait, 0.1)
-        await asyncio.sleep(0)
+        """Wait until everything handed over so far has been published (or has failed)."""
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush()
+        await self._idle.wait()
 
-    def xadd(
-        self, call_id: str, key: str, fields: Fields, maxlen: int, received_at: float = 0.0
-    ) -> None:
-        """Queue an XADD; ``received_at`` (monotonic) marks a frame for the latency metric."""
-        self._pending.append(_Op(call_id, key, fields, maxlen, received_at))
-        if not self._wake.is_set():
-            self._wake.set()
+    # ------------------------------------------------------------------ handing over
 
-    def expire(self, call_id: str, key: str, seconds: int) -> None:
-        self._pending.append(_Op(call_id, key, None, seconds, 0.0))
-        if not self._wake.is_set():
-            self._wake.set()
-
-    # ------------------------------------------------------------------ the thread
-
-    def _run(self) -> None:
-        pending = self._pending
-        while True:
-            self._wake.wait()
-            self._wake.clear()
-            if not pending:
-                if self._stopping:
-                    return
-                continue
+    def publish(self, call_id: str, command: bytes, received_at: float = 0.0) -> None:
+        """Queue one packed command; ``received_at`` (monotonic) marks a frame for the latency
+        metric."""
+        self._commands.append(command)
+        self._call_ids.append(call_id)
+        self._received_at.append(received_at)
+        if self._flush_handle is None:
             self._idle.clear()
             if self._linger_s > 0:
-                time.sleep(self._linger_s)
-            while pending:
-                batch = [pending.popleft() for _ in range(min(len(pending), MAX_BATCH))]
-                try:
-                    results = self._execute(batch)
-                except Exception as exc:  # a bug, not Redis: fail these calls, keep publishing
-                    log.exception("publisher: flush of %d entries failed", len(batch))
-                    results = [exc] * len(batch)
-                self._loop.call_soon_threadsafe(self._completed, batch, results, time.monotonic())
-            self._idle.set()
+                self._flush_handle = self._loop.call_later(self._linger_s, self._flush)
+            else:
+                self._flush_handle = self._loop.call_soon(self._flush)
 
-    def _execute(self, batch: list[_Op]) -> list[object]:
-        """Send the batch as one pipelined write and read one reply per command.
-
-        Each command is packed by hiredis straight from its arguments, and the replies are
-        parsed in bulk by hiredis (:class:`~ingress.redis_client.PipelineSocket`).
-        """
-        pack = _PACK  # hiredis (C); called directly: a wrapper cost more than the packing
-        packed = b"".join(
-            pack(
-                (
-                    "XADD",
-                    op.key,
-                    "MAXLEN",
-                    "~",
-                    op.arg,
-                    "*",
-                    *chain.from_iterable(op.fields.items()),
-                )
-            )
-            if op.fields is not None
-            else pack(("EXPIRE", op.key, op.arg))
-            for op in batch
+    def xadd(self, call_id: str, key: str, fields: Fields, maxlen: int) -> None:
+        """Queue ``XADD key MAXLEN ~ maxlen * fields…``."""
+        self.publish(
+            call_id, _PACK(("XADD", key, "MAXLEN", "~", maxlen, "*", *chain(*fields.items())))
         )
-        try:
-            return self._socket.execute(packed, len(batch))
-        except ConnectionError as exc:
-            # A connection that died with the server it spoke to (a restart) fails at once:
-            # try once more on a fresh one. (Had Redis executed commands whose replies were
-            # lost, the retry would repeat them: entries carry `seq`.)
-            log.warning("publisher: %s; retrying the flush on a new connection", exc)
-        except OSError as exc:  # timed out, unreachable, ...
-            return [exc] * len(batch)
-        try:
-            return self._socket.execute(packed, len(batch))
-        except OSError as exc:
-            return [exc] * len(batch)
 
-    # ------------------------------------------------------------------ back on the loop
+    def expire(self, call_id: str, key: str, seconds: int) -> None:
+        self.publish(call_id, _PACK(("EXPIRE", key, seconds)))
 
-    def _completed(self, batch: list[_Op], results: list[object], done_at: float) -> None:
-        metrics = self._metrics
-        metrics.batch.observe(len(batch))
-        failed: dict[str, str] = {}
-        ok = frames = 0
-        observe = metrics.latency.observe
-        for op, result in zip(batch, results, strict=True):
-            if isinstance(result, Exception):  # hiredis.ReplyError, or the flush's failure
-                failed.setdefault(op.call_id, str(result) or type(result).__name__)
-                continue
-            ok += 1
-            if op.received_at:
-                frames += 1
-                if frames % LATENCY_SAMPLE_EVERY == 1:
-                    observe(done_at - op.received_at)
-        metrics.published.inc(ok)
-        metrics.frames.inc(frames)
-        if failed:
-            metrics.publish_errors.inc(len(batch) - ok)
-            first_call, first_error = next(iter(failed.items()))
-            log.error(
-                "could not publish %d entries of %d calls to Redis (call %s: %s)",
-                len(batch) - ok,
-                len(failed),
-                first_call,
-                first_error,
+    # ------------------------------------------------------------------ writing
+
+    def _flush(self) -> None:
+        self._flush_handle = None
+        if not self._commands:
+            self._check_idle()
+            return
+        batch = _Batch(self._commands, self._call_ids, self._received_at)
+        self._commands, self._call_ids, self._received_at = [], [], []
+        protocol = self._protocol
+        if protocol is None or protocol.transport is None:
+            self._retry.append(batch)  # sent by the connection being made, or failed
+            self._ensure_connecting()
+            return
+        self._send(protocol.transport, batch)
+
+    def _send(self, transport: asyncio.Transport, batch: _Batch) -> None:
+        batch.sent_at = time.monotonic()
+        self._inflight.append(batch)
+        transport.write(b"".join(batch.commands))
+
+    def _ensure_connecting(self) -> None:
+        if self._connecting is not None or self._closed:
+            return
+        if time.monotonic() < self._down_until:
+            self._fail_waiting("Redis is unreachable")
+            return
+        self._connecting = asyncio.create_task(self._connect(), name="publisher-connect")
+
+    async def _connect(self) -> None:
+        try:
+            async with asyncio.timeout(CONNECT_TIMEOUT_S):
+                _, protocol = await self._loop.create_connection(
+                    lambda: _Protocol(self),
+                    self._host,
+                    self._port,
+                    ssl=ssl.create_default_context() if self._tls else None,
+                )
+        except (OSError, TimeoutError) as exc:
+            self._connecting = None
+            self._down_until = time.monotonic() + RETRY_CONNECT_AFTER_S
+            self._fail_waiting(f"cannot connect to Redis: {exc or type(exc).__name__}")
+            return
+        self._connecting = None
+        assert protocol.transport is not None
+        self._protocol = protocol
+        if self._setup:
+            self._send(
+                protocol.transport,
+                _Batch(self._setup, [""] * len(self._setup), [0.0] * len(self._setup)),
             )
-            for call_id, error in failed.items():
+        retry, self._retry = self._retry, []
+        for batch in retry:
+            batch.results = []
+            self._send(protocol.transport, batch)
+        log.info("publisher: connected to Redis at %s:%d", self._host, self._port)
+
+    # ------------------------------------------------------------------ replies
+
+    def _replies(self, protocol: _Protocol, replies: list[object]) -> None:
+        if protocol is not self._protocol:
+            return
+        inflight = self._inflight
+        done_at = time.monotonic()
+        i = 0
+        while i < len(replies) and inflight:
+            batch = inflight[0]
+            need = len(batch.commands) - len(batch.results)
+            batch.results.extend(replies[i : i + need])
+            i += need
+            if len(batch.results) == len(batch.commands):
+                inflight.popleft()
+                self._completed(batch, done_at)
+        self._check_idle()
+
+    def _completed(self, batch: _Batch, done_at: float) -> None:
+        if batch.call_ids[0] == "" and batch.commands is self._setup:
+            errors = [r for r in batch.results if isinstance(r, hiredis.ReplyError)]
+            if errors:
+                log.error("publisher: Redis refused the connection setup: %s", errors[0])
+                self._drop_connection(f"Redis refused the connection setup: {errors[0]}")
+            return
+        metrics = self._metrics
+        count = len(batch.commands)
+        metrics.batch.observe(count)
+        received_at = batch.received_at
+        frames = count - received_at.count(0.0)
+        failed_at = [i for i, result in enumerate(batch.results) if result.__class__ is _ReplyError]
+        if frames:
+            # One frame in LATENCY_SAMPLE_EVERY, at C speed: slicing skips the others.
+            observe = metrics.latency.observe
+            for at in received_at[self._sample_offset :: LATENCY_SAMPLE_EVERY]:
+                if at:
+                    observe(done_at - at)
+            self._sample_offset = (self._sample_offset - count) % LATENCY_SAMPLE_EVERY
+        if not failed_at:
+            metrics.published.inc(count)
+            metrics.frames.inc(frames)
+            return
+        failed: dict[str, str] = {}
+        for i in failed_at:
+            failed.setdefault(batch.call_ids[i], str(batch.results[i]) or "error")
+            if received_at[i]:
+                frames -= 1
+        metrics.published.inc(count - len(failed_at))
+        metrics.frames.inc(frames)
+        self._report(failed, len(failed_at))
+
+    def _report(self, failed: dict[str, str], count: int) -> None:
+        self._metrics.publish_errors.inc(count)
+        first_call, first_error = next(iter(failed.items()))
+        log.error(
+            "could not publish %d entries of %d calls to Redis (call %s: %s)",
+            count,
+            len(failed),
+            first_call,
+            first_error,
+        )
+        for call_id, error in failed.items():
+            if call_id:
                 self._on_failure(call_id, error)
 
+    def _fail(self, batches: Iterable[_Batch], error: str) -> None:
+        """Fail whole batches: one report for all of them."""
+        calls: dict[str, str] = {}
+        count = 0
+        for batch in batches:
+            if batch.commands is self._setup:
+                continue
+            count += len(batch.commands)
+            calls.update(dict.fromkeys(batch.call_ids, error))
+        calls.pop("", None)
+        if calls:
+            self._report(calls, count)
 
-_PACK = cast(Callable[[tuple[object, ...]], bytes], hiredis.pack_command)
+    def _fail_waiting(self, error: str) -> None:
+        """Fail what waits for a connection: the batches to retry and what was handed over."""
+        waiting, self._retry = self._retry, []
+        if self._commands:
+            waiting.append(_Batch(self._commands, self._call_ids, self._received_at))
+            self._commands, self._call_ids, self._received_at = [], [], []
+        self._fail(waiting, error)
+        self._check_idle()
+
+    # ------------------------------------------------------------------ connection failures
+
+    def _lost(self, protocol: _Protocol, exc: Exception | None) -> None:
+        if protocol is not self._protocol:
+            return
+        self._protocol = None
+        inflight, self._inflight = self._inflight, deque()
+        if self._closed:
+            self._fail(inflight, "the gateway is closing")
+            self._check_idle()
+            return
+        reason = str(exc) if exc else "Redis closed the connection"
+        log.warning("publisher: lost the Redis connection (%s)", reason)
+        self._fail((batch for batch in inflight if batch.retried), reason)
+        for batch in inflight:
+            if batch.commands is self._setup or batch.retried:
+                continue
+            # The connection died with the server it spoke to (a restart): send once more on
+            # a new one. (Had Redis executed commands whose replies were lost, the retry
+            # repeats them: entries carry `seq`.)
+            batch.retried = True
+            self._retry.append(batch)
+        if self._retry or self._commands:
+            self._ensure_connecting()
+        self._check_idle()
+
+    def _drop_connection(self, error: str) -> None:
+        """Fail every batch in flight and close the connection (the next flush reconnects)."""
+        protocol, self._protocol = self._protocol, None
+        inflight, self._inflight = self._inflight, deque()
+        self._fail(inflight, error)
+        if protocol is not None and protocol.transport is not None:
+            protocol.transport.abort()
+        self._check_idle()
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(WATCHDOG_PERIOD_S)
+            if self._inflight and time.monotonic() - self._inflight[0].sent_at > FLUSH_TIMEOUT_S:
+                log.error("publisher: Redis has not answered for %.0f s", FLUSH_TIMEOUT_S)
+                self._drop_connection(f"Redis did not answer within {FLUSH_TIMEOUT_S:.0f} s")
+
+    def _check_idle(self) -> None:
+        if (
+            not self._commands
+            and not self._inflight
+            and not self._retry
+            and self._connecting is None
+            and self._flush_handle is None
+        ):
+            self._idle.set()
+
+
+def _setup_commands(username: str | None, password: str | None, path: str) -> list[bytes]:
+    """AUTH and SELECT for a new connection, as the URL asks."""
+    commands: list[bytes] = []
+    if password is not None:
+        user = unquote(username) if username else None
+        auth = ("AUTH", user, unquote(password)) if user else ("AUTH", unquote(password))
+        commands.append(_PACK(auth))
+    db = int(path.lstrip("/") or 0)
+    if db:
+        commands.append(_PACK(("SELECT", db)))
+    return commands

@@ -38,7 +38,6 @@ from shared.entries import (
     CallStarted,
     InDtmf,
     InEnd,
-    InFrame,
     encode_call,
     encode_in,
 )
@@ -53,6 +52,7 @@ from shared.errors import (
 from shared.events import CALL_ENDED, CALL_STARTED, DTMF, Event, parse_iso_ms
 from shared.keys import validate_call_id
 from shared.protocols.acs import AudioData, AudioMetadata, DtmfData, InboundSession
+from shared.resp import FrameXadd
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -122,6 +122,7 @@ class _Call:
     skipped: int = 0
     failed: str | None = None  # why publishing failed, once it has
     in_key: str = ""  # cs:call:{id}:in, computed once
+    frame_xadd: FrameXadd | None = None  # packs this call's frame XADDs
 
 
 class Gateway:
@@ -323,6 +324,7 @@ class Gateway:
             return
         call = _Call(target.call_id, connection, target.mode, int(time.time() * 1000))
         call.in_key = self._keys.call_in(call.call_id)
+        call.frame_xadd = FrameXadd(call.in_key, self._settings.in_stream_maxlen)
         self._calls[call.call_id] = call
         self._metrics.connections.inc()
         reason = "normal"
@@ -443,6 +445,8 @@ class Gateway:
 
     def _publish_frame(self, call: _Call, frame: AudioData, received_at: float) -> None:
         assert self._publisher is not None
+        if call.failed is not None:
+            return  # being closed with 1011: frames that arrive meanwhile are not published
         participant = frame.participant_raw_id or ""
         if not call.started:
             if call.mode is None:
@@ -450,22 +454,17 @@ class Gateway:
             self._publish_started(call)
         channel = call.channels.channel(participant) if call.mode == "unmixed" else 0
         ts_ms = parse_iso_ms(frame.timestamp) if frame.timestamp else None
-        entry = InFrame(
-            seq=call.seq,
-            ts_ms=ts_ms if ts_ms is not None else int(time.time() * 1000),
-            participant=participant,
-            channel=channel,
-            silent=frame.silent,
-            pcm=frame.pcm,
+        assert call.frame_xadd is not None
+        command = call.frame_xadd.pack(
+            call.seq,
+            ts_ms if ts_ms is not None else int(time.time() * 1000),
+            participant.encode(),
+            channel,
+            frame.silent,
+            frame.pcm,
         )
         call.seq += 1
-        self._publisher.xadd(
-            call.call_id,
-            call.in_key,
-            encode_in(entry),
-            self._settings.in_stream_maxlen,
-            received_at,
-        )
+        self._publisher.publish(call.call_id, command, received_at)
 
     def _publish_dtmf(self, call: _Call, dtmf: DtmfData) -> None:
         assert self._publisher is not None

@@ -37,7 +37,7 @@ def iso_time(epoch_ms: int) -> str:
 def parse_iso_ms(text: str) -> int | None:
     """ISO-8601 timestamp (as ACS sends it) to epoch milliseconds; None if unparseable."""
     try:
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        moment = datetime.fromisoformat(text)  # Python 3.11+ reads a trailing "Z" itself
     except ValueError:
         return None
     if moment.tzinfo is None:

@@ -7,6 +7,7 @@ import dataclasses
 import http.server
 import json
 import shutil
+import signal
 import socket
 import subprocess
 import threading
@@ -23,6 +24,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
 from callstream.simulate import simulate
+from ingress.publisher import FLUSH_TIMEOUT_S
 from ingress.server import Gateway
 from shared.errors import ConfigError
 from shared.settings import AuthSettings, Settings
@@ -130,6 +132,15 @@ class RedisProcess:
                 time.sleep(0.05)
         raise AssertionError("redis-server did not start")
 
+    def pause(self) -> None:
+        """SIGSTOP: the server keeps its connections open but answers nothing."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGCONT)
+
     def kill(self) -> None:
         if self.proc is not None:
             self.proc.kill()
@@ -184,6 +195,36 @@ async def test_a_call_that_cannot_be_published_is_closed_1011_and_the_gateway_re
         await wait_ready(gateway, 200)
         [after] = await simulate(
             gateway.url, [b"\x10\x00" * 16000], call_ids=["after"], linger_s=0.2
+        )
+        assert after.completed, after.error or after.close_reason
+
+
+async def test_a_call_redis_stops_answering_is_closed_1011_after_the_flush_timeout(
+    settings: Settings, private_redis: RedisProcess
+) -> None:
+    local = dataclasses.replace(settings, redis_url=private_redis.url)
+    async with Gateway(local) as gateway:
+        call = asyncio.create_task(
+            simulate(gateway.url, [b"\x10\x00" * 16000 * 20], call_ids=["hung"], linger_s=0.2)
+        )
+        deadline = time.monotonic() + 10
+        while gateway.registry.get_sample_value("callstream_ingress_frames_total") in (None, 0.0):
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.05)
+        private_redis.pause()
+        try:
+            [result] = await call
+        finally:
+            private_redis.resume()
+        assert result.close_code == 1011
+        assert result.close_reason == (
+            f"event bus unavailable: Redis did not answer within {FLUSH_TIMEOUT_S:.0f} s"
+        )
+        assert result.frames_sent < 50 * 15  # closed long before its 20 s were sent
+        # Redis answers again: the gateway is ready again and reconnects for the next call.
+        await wait_ready(gateway, 200)
+        [after] = await simulate(
+            gateway.url, [b"\x10\x00" * 16000], call_ids=["after-hang"], linger_s=0.2
         )
         assert after.completed, after.error or after.close_reason
 
