@@ -49,7 +49,7 @@ from shared.errors import (
     ProtocolError,
     UnsupportedData,
 )
-from shared.events import CALL_ENDED, CALL_STARTED, DTMF, Event, TimestampParser, parse_iso_ms
+from shared.events import CALL_ENDED, CALL_STARTED, DTMF, Event, parse_iso_ms
 from shared.keys import validate_call_id
 from shared.protocols.acs import AudioData, AudioMetadata, DtmfData, InboundSession
 from shared.resp import FrameXadd
@@ -123,7 +123,6 @@ class _Call:
     failed: str | None = None  # why publishing failed, once it has
     in_key: str = ""  # cs:call:{id}:in, computed once
     frame_xadd: FrameXadd | None = None  # packs this call's frame XADDs
-    timestamps: TimestampParser = field(default_factory=TimestampParser)
 
 
 class Gateway:
@@ -454,7 +453,7 @@ class Gateway:
                 call.mode = "unmixed" if participant else "mixed"
             self._publish_started(call)
         channel = call.channels.channel(participant) if call.mode == "unmixed" else 0
-        ts_ms = call.timestamps(frame.timestamp) if frame.timestamp else None
+        ts_ms = parse_iso_ms(frame.timestamp) if frame.timestamp else None
         assert call.frame_xadd is not None
         command = call.frame_xadd.pack(
             call.seq,

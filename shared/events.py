@@ -45,41 +45,6 @@ def parse_iso_ms(text: str) -> int | None:
     return (moment - _EPOCH) // _ONE_MS
 
 
-class TimestampParser:
-    """:func:`parse_iso_ms` for one call's frames, which arrive 20 ms apart.
-
-    ACS stamps frames ``YYYY-MM-DDTHH:MM:SS.fffZ``; 49 frames in 50 share the whole second with
-    the one before. The epoch of that second is kept, so such a frame costs a string compare
-    and one ``int()`` instead of a full ISO parse. Anything else goes through
-    :func:`parse_iso_ms`.
-    """
-
-    __slots__ = ("_second", "_second_ms")
-
-    def __init__(self) -> None:
-        self._second = ""
-        self._second_ms = 0
-
-    def __call__(self, text: str) -> int | None:
-        millis = text[20:23]
-        if (
-            len(text) == 24
-            and text[19] == "."
-            and text[23] == "Z"
-            and millis.isascii()
-            and millis.isdigit()
-        ):
-            second = text[:19]
-            if second == self._second:
-                return self._second_ms + int(millis)
-            if second[4] == "-" and second[10] == "T" and second[13] == ":":
-                base = parse_iso_ms(second + "Z")
-                if base is not None:
-                    self._second, self._second_ms = second, base
-                    return base + int(millis)
-        return parse_iso_ms(text)
-
-
 @dataclass(frozen=True, slots=True)
 class Event:
     """One event about one call."""

@@ -1,0 +1,133 @@
+"""The gateway's publisher against a real Redis: volume, order, per-call failures, reconnects."""
+
+from __future__ import annotations
+
+import asyncio
+
+import redis.asyncio as aioredis
+from prometheus_client import CollectorRegistry
+
+from ingress.metrics import IngressMetrics
+from ingress.publisher import MAX_BATCH, PUBLISHER_CLIENT_NAME, Publisher
+from shared.entries import InFrame, decode_in
+from shared.resp import FrameXadd
+from shared.settings import Settings
+from tests.helpers import xrange
+
+PCM = bytes(range(256)) * 2 + bytes(128)  # 640 bytes, not all zero
+
+
+class Failures:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str]] = []
+
+    def __call__(self, call_id: str, error: str) -> None:
+        self.calls.append((call_id, error))
+
+
+def frame_command(settings: Settings, call_id: str, seq: int) -> bytes:
+    return FrameXadd(settings.keys.call_in(call_id), 100_000).pack_frame(
+        InFrame(seq, 1_700_000_000_000 + 20 * seq, "", 0, False, PCM)
+    )
+
+
+async def seqs(redis: aioredis.Redis, settings: Settings, call_id: str) -> list[int]:
+    entries = await xrange(redis, settings.keys.call_in(call_id))
+    frames = [decode_in(fields) for _, fields in entries]
+    assert all(isinstance(f, InFrame) and f.pcm == PCM for f in frames)
+    return [f.seq for f in frames if isinstance(f, InFrame)]
+
+
+async def test_a_burst_of_many_batches_is_stored_completely_and_in_order(
+    redis: aioredis.Redis, settings: Settings
+) -> None:
+    """Five calls hand over 4 000 frames each in one turn of the loop (13 MB): written in
+    batches and chunks as the socket takes them, every frame lands once, in order."""
+    registry = CollectorRegistry()
+    metrics = IngressMetrics(registry)
+    failures = Failures()
+    calls = [f"burst-{i}" for i in range(5)]
+    count = 4000
+    async with Publisher(settings.redis_url, metrics, failures) as publisher:
+        for seq in range(count):
+            for call_id in calls:
+                publisher.publish(call_id, frame_command(settings, call_id, seq), 1.0)
+        await publisher.drain()
+    assert failures.calls == []
+    for call_id in calls:
+        assert await seqs(redis, settings, call_id) == list(range(count))
+    assert registry.get_sample_value("callstream_ingress_frames_total") == count * len(calls)
+    batches = registry.get_sample_value("callstream_ingress_batch_entries_count")
+    assert batches is not None
+    assert batches >= count * len(calls) / MAX_BATCH  # the burst spanned many batches
+
+
+async def test_an_error_reply_fails_only_its_own_call(
+    redis: aioredis.Redis, settings: Settings
+) -> None:
+    await redis.set(settings.keys.call_in("wrongtype"), "not a stream")
+    registry = CollectorRegistry()
+    metrics = IngressMetrics(registry)
+    failures = Failures()
+    async with Publisher(settings.redis_url, metrics, failures) as publisher:
+        for seq in range(10):
+            publisher.publish("fine", frame_command(settings, "fine", seq), 1.0)
+            publisher.publish("wrongtype", frame_command(settings, "wrongtype", seq), 1.0)
+        await publisher.drain()
+    assert [call_id for call_id, _ in failures.calls] == ["wrongtype"]
+    assert "WRONGTYPE" in failures.calls[0][1]
+    assert await seqs(redis, settings, "fine") == list(range(10))
+    assert registry.get_sample_value("callstream_ingress_publish_errors_total") == 10
+
+
+async def test_a_killed_connection_is_replaced_and_nothing_is_lost(
+    redis: aioredis.Redis, settings: Settings
+) -> None:
+    metrics = IngressMetrics(CollectorRegistry())
+    failures = Failures()
+    async with Publisher(settings.redis_url, metrics, failures) as publisher:
+        for seq in range(100):
+            publisher.publish("kept", frame_command(settings, "kept", seq), 1.0)
+        await publisher.drain()
+        [publisher_client] = [
+            c for c in await redis.client_list() if c["name"] == PUBLISHER_CLIENT_NAME
+        ]
+        await redis.client_kill_filter(_id=publisher_client["id"])
+        for seq in range(100, 200):
+            publisher.publish("kept", frame_command(settings, "kept", seq), 1.0)
+        await publisher.drain()
+        # Now with a batch in flight: Redis holds the writes (CLIENT PAUSE) when the
+        # connection is killed, so the batch's commands are lost with it and must be resent.
+        await redis.client_pause(2000, all=False)
+        try:
+            for seq in range(200, 300):
+                publisher.publish("kept", frame_command(settings, "kept", seq), 1.0)
+            while True:  # until Redis holds the batch (postponed client)
+                [client] = [
+                    c for c in await redis.client_list() if c["name"] == PUBLISHER_CLIENT_NAME
+                ]
+                if "b" in client["flags"] or "P" in client["flags"]:
+                    break
+                await asyncio.sleep(0.01)
+            await redis.client_kill_filter(_id=client["id"])
+        finally:
+            await redis.client_unpause()
+        await publisher.drain()
+    assert failures.calls == []
+    stored = await seqs(redis, settings, "kept")
+    assert stored == list(range(300))
+
+
+async def test_entries_for_an_unreachable_redis_fail_their_calls_quickly(
+    settings: Settings,
+) -> None:
+    failures = Failures()
+    metrics = IngressMetrics(CollectorRegistry())
+    async with asyncio.timeout(10):
+        async with Publisher("redis://127.0.0.1:1/0", metrics, failures) as publisher:
+            publisher.publish("lost", b"*1\r\n$4\r\nPING\r\n")
+            await publisher.drain()
+    assert len(failures.calls) == 1
+    call_id, error = failures.calls[0]
+    assert call_id == "lost"
+    assert error.startswith("cannot connect to Redis")
