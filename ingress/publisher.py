@@ -11,8 +11,9 @@ docs/performance.md for the versions this replaced and why).
 
 A connection learns that its entries could not be published through ``on_failure(call_id,
 error)``, called once per call per failed batch. A batch whose connection is lost is sent
-once more on a new connection (a Redis restart); a batch Redis has not answered within
-``FLUSH_TIMEOUT_S`` fails, and so do entries handed over while Redis cannot be reached.
+once more on a new connection (a Redis restart); when Redis has answered nothing for
+``FLUSH_TIMEOUT_S`` while owing replies, everything in flight fails, and so do entries handed
+over while Redis cannot be reached.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ log = logging.getLogger(__name__)
 OnFailure = Callable[[str, str], None]
 
 LATENCY_SAMPLE_EVERY = 4  # ingest latency is observed for one frame in four (it costs ~1 us)
-FLUSH_TIMEOUT_S = 5.0  # a batch Redis has not answered by then fails (and its calls close)
+FLUSH_TIMEOUT_S = 5.0  # Redis answering nothing this long fails what is in flight (calls close)
 CONNECT_TIMEOUT_S = 2.0
 RETRY_CONNECT_AFTER_S = 0.5  # after a failed connect, entries fail at once for this long
 WATCHDOG_PERIOD_S = 0.5
@@ -57,7 +58,6 @@ class _Batch:
     commands: list[bytes]
     call_ids: list[str]  # one per command; "" for the connection's own setup commands
     received_at: list[float]  # one per command: monotonic receive time of a frame, else 0.0
-    sent_at: float = 0.0
     results: list[object] = field(default_factory=list)
     retried: bool = False
 
@@ -152,6 +152,7 @@ class Publisher:
         self._protocol: _Protocol | None = None
         self._connecting: asyncio.Task[None] | None = None
         self._down_until = 0.0
+        self._progress_at = 0.0  # the last reply, or the first send after none was owed
         self._flush_handle: asyncio.Handle | None = None
         self._idle = asyncio.Event()
         self._idle.set()
@@ -239,7 +240,8 @@ class Publisher:
         self._send(protocol, batch)
 
     def _send(self, protocol: _Protocol, batch: _Batch) -> None:
-        batch.sent_at = time.monotonic()
+        if not self._inflight:
+            self._progress_at = time.monotonic()  # Redis owes us an answer from now on
         self._inflight.append(batch)
         protocol.write(b"".join(batch.commands))
 
@@ -285,7 +287,7 @@ class Publisher:
         if protocol is not self._protocol:
             return
         inflight = self._inflight
-        done_at = time.monotonic()
+        done_at = self._progress_at = time.monotonic()
         i = 0
         while i < len(replies) and inflight:
             batch = inflight[0]
@@ -404,7 +406,10 @@ class Publisher:
     async def _watch(self) -> None:
         while True:
             await asyncio.sleep(WATCHDOG_PERIOD_S)
-            if self._inflight and time.monotonic() - self._inflight[0].sent_at > FLUSH_TIMEOUT_S:
+            # Redis must keep answering, not answer everything within the timeout: when
+            # the process is overloaded, batches queue up behind each other and take long,
+            # but replies keep coming.
+            if self._inflight and time.monotonic() - self._progress_at > FLUSH_TIMEOUT_S:
                 log.error("publisher: Redis has not answered for %.0f s", FLUSH_TIMEOUT_S)
                 self._drop_connection(f"Redis did not answer within {FLUSH_TIMEOUT_S:.0f} s")
 

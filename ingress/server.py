@@ -250,9 +250,10 @@ class Gateway:
             async with asyncio.timeout(HEALTH_TIMEOUT_S):
                 await self._redis.ping()
         except (RedisError, OSError, TimeoutError) as exc:
+            error = str(exc) or type(exc).__name__
             if self._redis_ok:
-                log.error("Redis is unavailable: %s", exc)
-            self._redis_ok, self._redis_error = False, str(exc) or type(exc).__name__
+                log.error("Redis is unavailable: %s", error)
+            self._redis_ok, self._redis_error = False, error
         else:
             if not self._redis_ok:
                 log.info("Redis is available")
