@@ -64,3 +64,19 @@ async def wait_for_end(redis: aioredis.Redis, key: str, timeout_s: float = 5.0) 
     """Block until the in stream ``key`` holds its ``end`` entry; all its entries then."""
     await wait_for_entry(redis, key, lambda f: f.get(b"kind") == b"end", timeout_s)
     return await xrange(redis, key)
+
+
+def word_error_rate(reference: str, hypothesis: str) -> float:
+    """Word-level Levenshtein distance over the reference's length (0 when both are empty)."""
+    ref, hyp = reference.split(), hypothesis.split()
+    if not ref:
+        return float(len(hyp) > 0)
+    row = list(range(len(hyp) + 1))
+    for i, ref_word in enumerate(ref, 1):
+        previous, row[0] = row[0], i
+        for j, hyp_word in enumerate(hyp, 1):
+            previous, row[j] = (
+                row[j],
+                min(row[j] + 1, row[j - 1] + 1, previous + (ref_word != hyp_word)),
+            )
+    return row[-1] / len(ref)

@@ -17,6 +17,8 @@ from shared.settings import Settings
 from workers.base import HandlerFactory
 from workers.echo import echo_factory
 from workers.runtime import WorkerRuntime
+from workers.stt.pocketsphinx_engine import pocketsphinx_factory
+from workers.transcribe import transcribe_factory
 
 log = logging.getLogger(__name__)
 
@@ -85,3 +87,17 @@ def register(subparsers: Any) -> None:
         "--delay-ms", type=float, default=0.0, help="hold each frame back this long (default 0)"
     )
     echo.set_defaults(run=_runner("echo", lambda args: echo_factory(args.delay_ms)))
+
+    transcribe = kinds.add_parser(
+        "transcribe", help="speech events and ACS-shaped transcripts (offline PocketSphinx)"
+    )
+    _common(transcribe)
+    transcribe.add_argument(
+        "--engine",
+        choices=("pocketsphinx",),
+        default="pocketsphinx",
+        help="speech-to-text engine (default pocketsphinx, offline)",
+    )
+    transcribe.set_defaults(
+        run=_runner("transcribe", lambda args: transcribe_factory(pocketsphinx_factory))
+    )

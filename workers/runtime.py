@@ -96,6 +96,7 @@ class _Owned:
     call: CallStarted
     last_id: str  # last processed inbound entry id
     task: asyncio.Task[None] | None = None
+    finishing: bool = False  # processed to its end: being acknowledged
 
 
 def default_consumer() -> str:
@@ -321,7 +322,7 @@ class WorkerRuntime:
             return
         mine = await self._pending_ids()
         for owned in list(self._calls.values()):
-            if owned.entry_id not in mine:
+            if owned.entry_id not in mine and not owned.finishing:
                 # Our heartbeat came too late and another replica took the call over: it
                 # resumes from our last checkpoint, so we stop rather than claim it back.
                 log.warning(
@@ -442,6 +443,7 @@ class WorkerRuntime:
                 owned.last_id = batch[-1][0] if batch else reply[0][1][-1][0].decode()
             await handler.aclose()
             handler = None
+            owned.finishing = True  # its ack is not a takeover, for a heartbeat racing it
             async with redis.pipeline(transaction=False) as pipe:
                 pipe.xack(self._keys.calls, self._group, owned.entry_id)
                 pipe.delete(self._keys.checkpoint(self._kind, call_id))

@@ -1,0 +1,131 @@
+"""Speech made with espeak-ng, streamed through gateway + transcribe worker (real Redis, real
+sockets), against the same engine decoding the whole file offline."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import subprocess
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import redis.asyncio as aioredis
+
+from callstream.emulator.wav import load_wav
+from callstream.simulate import simulate
+from ingress.server import Gateway
+from shared.entries import InFrame
+from shared.events import Event
+from shared.settings import Settings
+from tests.helpers import events as read_events
+from tests.helpers import wait_for_end, word_error_rate
+from workers.runtime import WorkerRuntime
+from workers.stt.pocketsphinx_engine import pocketsphinx_factory
+from workers.stt.transcript import SPEECH_STARTED, SPEECH_STOPPED, TICKS_PER_MS, TRANSCRIPT
+from workers.transcribe import Transcriber, transcribe_factory
+
+RATE = 16000
+FRAME = RATE // 50 * 2
+SENTENCES = (
+    "hello i would like to check the balance of my account",
+    "please transfer me to the billing department",
+)
+GAP_S = 1.5
+
+
+def speak(text: str, path: Path) -> bytes:
+    espeak = shutil.which("espeak-ng")
+    assert espeak is not None, "espeak-ng is needed (./dev installs it)"
+    subprocess.run([espeak, "-s", "150", "-w", str(path), text], check=True)
+    return load_wav(str(path), RATE)
+
+
+def onset_ms(pcm: bytes) -> int:
+    samples = np.abs(np.frombuffer(pcm, dtype="<i2").astype(np.int32))
+    return int(np.argmax(samples > 300)) * 1000 // RATE
+
+
+@pytest.fixture(scope="module")
+def call_audio(tmp_path_factory: pytest.TempPathFactory) -> tuple[bytes, list[int]]:
+    """1 s of silence, sentence, 1.5 s, sentence, 1 s; and where each sentence's speech starts."""
+    tmp = tmp_path_factory.mktemp("speech")
+    audio = bytearray(bytes(RATE * 2))
+    onsets = []
+    for i, text in enumerate(SENTENCES):
+        clip = speak(text, tmp / f"s{i}.wav")
+        onsets.append(len(audio) * 1000 // (RATE * 2) + onset_ms(clip))
+        audio += clip + bytes(int(RATE * 2 * GAP_S))
+    audio += bytes((-len(audio)) % FRAME)
+    return bytes(audio), onsets
+
+
+def offline(audio: bytes) -> list[Event]:
+    core = Transcriber("offline", RATE, pocketsphinx_factory)
+    frames = [
+        InFrame(i, 20 * i, "", 0, False, audio[i * FRAME : (i + 1) * FRAME])
+        for i in range(len(audio) // FRAME)
+    ]
+    return core.process(frames, ended=True)
+
+
+def finals(events: list[Event]) -> list[Event]:
+    return [e for e in events if e.type == TRANSCRIPT and e.data["resultStatus"] == "Final"]
+
+
+@pytest.fixture
+async def pipeline(settings: Settings) -> AsyncIterator[Gateway]:
+    async with (
+        Gateway(settings) as gateway,
+        WorkerRuntime(
+            settings, "transcribe", transcribe_factory(pocketsphinx_factory), heartbeat_s=0.5
+        ) as worker,
+    ):
+        yield gateway
+        await worker.wait_idle()
+
+
+async def test_streamed_transcripts_match_the_offline_decode_and_the_true_positions(
+    pipeline: Gateway,
+    settings: Settings,
+    redis: aioredis.Redis,
+    call_audio: tuple[bytes, list[int]],
+) -> None:
+    audio, onsets = call_audio
+    expected = await asyncio.to_thread(offline, audio)
+    [result] = await simulate(pipeline.url, [audio], call_ids=["stt"], linger_s=0.1)
+    assert result.completed
+    await wait_for_end(redis, settings.keys.call_in("stt"), timeout_s=10)
+
+    async def transcribed() -> list[Event]:
+        key = settings.keys.call_events("stt")
+        while True:
+            events = await read_events(redis, key)
+            stops = [e for e in events if e.type == SPEECH_STOPPED]
+            if len(stops) >= len(expected_stops):
+                return events
+            await asyncio.sleep(0.05)
+
+    expected_stops = [e for e in expected if e.type == SPEECH_STOPPED]
+    async with asyncio.timeout(30):
+        events = await transcribed()
+
+    got, want = finals(events), finals(expected)
+    assert len(want) == len(SENTENCES)  # the offline decode found both utterances
+    assert [e.data["text"] for e in got] == [e.data["text"] for e in want]
+    heard = " ".join(e.data["text"] for e in got)
+    reference = " ".join(e.data["text"] for e in want)
+    assert word_error_rate(reference, heard) <= 0.02
+    # Each utterance starts where its speech starts (100-ns ticks from the call's first frame).
+    for event, true_ms in zip(got, onsets, strict=True):
+        assert abs(event.data["offset"] / TICKS_PER_MS - true_ms) <= 100
+        assert event.data["format"] == "display"
+        assert event.data["words"]
+        assert event.data["participantRawID"] == ""
+    # Speech events bracket each utterance; every event id is unique (stable ids).
+    kinds = [e.type for e in events if e.type in (SPEECH_STARTED, SPEECH_STOPPED)]
+    assert kinds == [SPEECH_STARTED, SPEECH_STOPPED] * len(SENTENCES)
+    assert len({e.id for e in events}) == len(events)
+    insights = await read_events(redis, settings.keys.insights)
+    assert {e.id for e in events} <= {e.id for e in insights}

@@ -1,0 +1,106 @@
+"""The offline default engine: CMU PocketSphinx with the US English model its wheel ships.
+
+One :class:`pocketsphinx.Decoder` per stream, one utterance at a time (``start_utt`` …
+``end_utt``). Intermediate results come from ``hyp()`` at most every ``PARTIAL_EVERY_MS`` of
+audio; the final one carries word timings from ``seg()`` (10 ms frames) without fillers and
+silences, and the posterior probability of the hypothesis as confidence.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import soxr
+from pocketsphinx import Decoder
+
+from workers.stt.engine import Result, Word
+
+RATE_HZ = 16000  # the model's rate; other streams are resampled
+FRAME_MS = 10  # PocketSphinx's frame
+PARTIAL_EVERY_MS = 200
+_ALTERNATE = re.compile(r"\(\d+\)$")  # "the(2)": the second pronunciation of "the"
+
+
+def _word(token: str) -> str | None:
+    if token.startswith(("<", "[", "+")):  # <s>, </s>, <sil>, [NOISE], +um+
+        return None
+    return _ALTERNATE.sub("", token)
+
+
+class PocketSphinxRecognizer:
+    def __init__(self, rate_hz: int, decoder: Decoder | None = None) -> None:
+        self._rate_hz = rate_hz
+        self._decoder = decoder or Decoder(samprate=RATE_HZ, loglevel="FATAL")
+        self._offset_ms = 0
+        self._fed_ms = 0
+        self._next_partial_ms = PARTIAL_EVERY_MS
+        self._last_partial = ""
+        self._active = False
+        self._resampler: soxr.ResampleStream | None = None
+
+    def start(self, offset_ms: int) -> None:
+        if self._active:
+            self._decoder.end_utt()
+        self._decoder.start_utt()
+        self._active = True
+        self._offset_ms = offset_ms
+        self._fed_ms = 0
+        self._next_partial_ms = PARTIAL_EVERY_MS
+        self._last_partial = ""
+        if self._rate_hz != RATE_HZ:  # one resampler per utterance: they are not contiguous
+            self._resampler = soxr.ResampleStream(self._rate_hz, RATE_HZ, 1, dtype="int16")
+
+    def feed(self, pcm: bytes) -> Result | None:
+        if not self._active:
+            raise RuntimeError("feed() outside an utterance: call start() first")
+        self._decoder.process_raw(self._resampled(pcm), False, False)
+        self._fed_ms += len(pcm) * 1000 // (2 * self._rate_hz)
+        if self._fed_ms < self._next_partial_ms:
+            return None
+        self._next_partial_ms = self._fed_ms + PARTIAL_EVERY_MS
+        hyp = self._decoder.hyp()
+        text = " ".join(filter(None, map(_word, hyp.hypstr.split()))) if hyp else ""
+        if not text or text == self._last_partial:
+            return None
+        self._last_partial = text
+        return Result(text, False, self._offset_ms, self._fed_ms, 0.0)
+
+    def stop(self) -> Result | None:
+        if not self._active:
+            return None
+        self._decoder.end_utt()
+        self._active = False
+        hyp = self._decoder.hyp()
+        words = tuple(
+            Word(
+                text,
+                self._offset_ms + seg.start_frame * FRAME_MS,
+                (seg.end_frame - seg.start_frame + 1) * FRAME_MS,
+            )
+            for seg in self._decoder.seg()
+            if (text := _word(seg.word)) is not None
+        )
+        if hyp is None or not words:
+            return None
+        confidence = float(self._decoder.get_logmath().exp(hyp.prob))
+        # The phrase spans its words (the utterance around it includes VAD pre-roll).
+        first, last = words[0], words[-1]
+        return Result(
+            " ".join(word.text for word in words),
+            True,
+            first.offset_ms,
+            last.offset_ms + last.duration_ms - first.offset_ms,
+            max(0.0, min(1.0, confidence)),
+            words,
+        )
+
+    def _resampled(self, pcm: bytes) -> bytes:
+        if self._resampler is None:
+            return pcm
+        samples = np.frombuffer(pcm, dtype="<i2")
+        return bytes(self._resampler.resample_chunk(samples).tobytes())
+
+
+def pocketsphinx_factory(rate_hz: int) -> PocketSphinxRecognizer:
+    return PocketSphinxRecognizer(rate_hz)

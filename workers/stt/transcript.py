@@ -1,0 +1,44 @@
+"""ACS TranscriptionData: the shape of transcript events. No I/O.
+
+ACS's real-time transcription sends ``{"kind": "TranscriptionData", "transcriptionData": {...}}``
+with text, format, confidence, offset and duration in 100-ns ticks, words with their own
+offsets and durations, the participant and a result status. Our events carry that object as
+their ``data``, inside the project's envelope (:mod:`shared.events`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from workers.stt.engine import Result
+
+TICKS_PER_MS = 10_000  # 100-ns ticks
+TRANSCRIPT = "transcript"
+SPEECH_STARTED = "speech.started"
+SPEECH_STOPPED = "speech.stopped"
+
+
+def transcription_data(result: Result, participant: str) -> dict[str, Any]:
+    return {
+        "text": result.text,
+        "format": "display",
+        "confidence": round(result.confidence, 4),
+        "offset": result.offset_ms * TICKS_PER_MS,
+        "duration": result.duration_ms * TICKS_PER_MS,
+        "words": [
+            {
+                "text": word.text,
+                "offset": word.offset_ms * TICKS_PER_MS,
+                "duration": word.duration_ms * TICKS_PER_MS,
+            }
+            for word in result.words
+        ],
+        "participantRawID": participant,
+        "resultStatus": "Final" if result.final else "Intermediate",
+    }
+
+
+def transcript_event_id(call_id: str, channel: int, result: Result) -> str:
+    """Stable across replays: the utterance is named by its stream and start offset."""
+    base = f"{call_id}:transcript:{channel}:{result.offset_ms}"
+    return base if result.final else f"{base}:partial:{result.duration_ms}"

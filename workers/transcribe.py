@@ -1,0 +1,229 @@
+"""The transcribe worker: utterances, speech events and ACS-shaped transcripts for each call.
+
+Mixed calls are one audio stream; unmixed calls one per channel (participant). Each stream is
+brought to 16 kHz, segmented into utterances by :mod:`workers.vad` (honouring the ``silent``
+flag) and recognised by its own engine :class:`~workers.stt.engine.Recognizer`. Published on
+the call's events stream and on the insights stream:
+
+* ``speech.started`` / ``speech.stopped`` — ``{participantRawID, channel, offset}``;
+* ``transcript`` — ACS TranscriptionData (:mod:`workers.stt.transcript`), ``Intermediate``
+  while an utterance is spoken and ``Final`` at its end.
+
+Offsets are 100-ns ticks from the call's first frame. Event ids are stable (stream and offset),
+so a consumer can drop the duplicates a failover replays. Recognition is CPU-bound and runs in
+a worker thread, one batch at a time per call, so the event loop keeps reading.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from typing import cast
+
+import numpy as np
+import soxr
+
+from shared.entries import InEnd, InEntry, InFrame, StreamEntries, decode_in
+from shared.events import Event
+from workers.base import CallContext, CallHandler, HandlerFactory
+from workers.stt.engine import Recognizer, RecognizerFactory, Result
+from workers.stt.transcript import (
+    SPEECH_STARTED,
+    SPEECH_STOPPED,
+    TICKS_PER_MS,
+    TRANSCRIPT,
+    transcript_event_id,
+    transcription_data,
+)
+from workers.vad import (
+    FRAME_MS,
+    Segmenter,
+    SpeechAudio,
+    SpeechStarted,
+    SpeechStopped,
+    VadEvent,
+)
+
+log = logging.getLogger(__name__)
+
+RATE_HZ = 16000  # what the VAD and the recognizers get
+FRAME_BYTES = RATE_HZ * FRAME_MS // 1000 * 2
+
+
+@dataclass
+class _Stream:
+    """One audio stream of a call (the mix, or one channel) and its recognizer."""
+
+    channel: int
+    participant: str
+    base_ms: int  # call offset of this stream's first frame seen here
+    segmenter: Segmenter
+    recognizer: Recognizer
+    resampler: soxr.ResampleStream | None
+    pending: bytearray = field(default_factory=bytearray)  # 16 kHz audio not yet a whole frame
+    utterance_ms: int = 0  # call offset where the open utterance's speech started
+
+    def frames(self, pcm: bytes) -> list[bytes]:
+        """The call's frame at its own rate in, whole 20 ms frames at 16 kHz out."""
+        if self.resampler is None:
+            return [pcm]
+        samples = np.frombuffer(pcm, dtype="<i2")
+        self.pending += self.resampler.resample_chunk(samples).tobytes()
+        count = len(self.pending) // FRAME_BYTES
+        out = [bytes(self.pending[i * FRAME_BYTES : (i + 1) * FRAME_BYTES]) for i in range(count)]
+        del self.pending[: count * FRAME_BYTES]
+        return out
+
+
+class Transcriber:
+    """The synchronous core for one call: frames in, events out (runs in a worker thread)."""
+
+    def __init__(self, call_id: str, rate_hz: int, engine: RecognizerFactory) -> None:
+        self._call_id = call_id
+        self._rate_hz = rate_hz
+        self._engine = engine
+        self._streams: dict[int, _Stream] = {}
+        self.start_ts_ms: int | None = None  # the call's first frame
+
+    def process(self, frames: Sequence[InFrame], ended: bool) -> list[Event]:
+        events: list[Event] = []
+        for frame in frames:
+            if self.start_ts_ms is None:
+                self.start_ts_ms = frame.ts_ms
+            stream = self._stream(frame)
+            for pcm in stream.frames(frame.pcm):
+                for vad_event in stream.segmenter.push(pcm, silent=frame.silent):
+                    events.extend(self._on_vad(stream, vad_event, frame.ts_ms))
+        if ended:
+            for stream in self._streams.values():
+                for vad_event in stream.segmenter.flush():
+                    events.extend(self._on_vad(stream, vad_event, self._now_ms(stream)))
+        return events
+
+    def _stream(self, frame: InFrame) -> _Stream:
+        stream = self._streams.get(frame.channel)
+        if stream is None or stream.participant != frame.participant:
+            assert self.start_ts_ms is not None
+            stream = _Stream(
+                channel=frame.channel,
+                participant=frame.participant,
+                base_ms=frame.ts_ms - self.start_ts_ms,
+                segmenter=Segmenter(RATE_HZ),
+                recognizer=self._engine(RATE_HZ),
+                resampler=None
+                if self._rate_hz == RATE_HZ
+                else soxr.ResampleStream(self._rate_hz, RATE_HZ, 1, dtype="int16"),
+            )
+            self._streams[frame.channel] = stream
+        return stream
+
+    def _now_ms(self, stream: _Stream) -> int:
+        assert self.start_ts_ms is not None
+        return self.start_ts_ms + stream.base_ms + stream.segmenter.offset_ms
+
+    def _on_vad(self, stream: _Stream, event: VadEvent, ts_ms: int) -> list[Event]:
+        if isinstance(event, SpeechAudio):
+            result = stream.recognizer.feed(event.audio)
+            return [self._transcript(stream, result, ts_ms)] if result else []
+        if isinstance(event, SpeechStarted):
+            stream.utterance_ms = stream.base_ms + event.offset_ms
+            stream.recognizer.start(stream.base_ms + event.audio_offset_ms)
+            events = [self._speech(stream, SPEECH_STARTED, stream.utterance_ms, ts_ms)]
+            result = stream.recognizer.feed(event.audio)
+            if result:
+                events.append(self._transcript(stream, result, ts_ms))
+            return events
+        assert isinstance(event, SpeechStopped)
+        events = []
+        final = stream.recognizer.stop()
+        if final:
+            events.append(self._transcript(stream, final, ts_ms))
+        events.append(self._speech(stream, SPEECH_STOPPED, stream.base_ms + event.offset_ms, ts_ms))
+        return events
+
+    def _speech(self, stream: _Stream, kind: str, offset_ms: int, ts_ms: int) -> Event:
+        return Event(
+            f"{self._call_id}:{kind}:{stream.channel}:{stream.utterance_ms}",
+            self._call_id,
+            kind,
+            ts_ms,
+            {
+                "participantRawID": stream.participant,
+                "channel": stream.channel,
+                "offset": offset_ms * TICKS_PER_MS,
+            },
+        )
+
+    def _transcript(self, stream: _Stream, result: Result, ts_ms: int) -> Event:
+        # The utterance is placed where the VAD heard speech start (the engine's first word
+        # boundary can be off by a syllable); it lasts until the end of what was recognised.
+        end_ms = result.offset_ms + result.duration_ms
+        result = replace(
+            result, offset_ms=stream.utterance_ms, duration_ms=max(0, end_ms - stream.utterance_ms)
+        )
+        return Event(
+            transcript_event_id(self._call_id, stream.channel, result),
+            self._call_id,
+            TRANSCRIPT,
+            ts_ms,
+            transcription_data(result, stream.participant),
+        )
+
+
+class TranscribeHandler:
+    def __init__(self, ctx: CallContext, engine: RecognizerFactory) -> None:
+        self._ctx = ctx
+        self._keys = ctx.settings.keys
+        self._call_id = ctx.call.call_id
+        self._core = Transcriber(self._call_id, ctx.call.rate_hz, engine)
+        self._started = ctx.resume_from is None
+
+    async def handle(self, batch: Sequence[tuple[str, InEntry]]) -> None:
+        if not self._started:
+            # Taken over mid-call: offsets still count from the call's first frame.
+            self._core.start_ts_ms = await self._first_frame_ts()
+            self._started = True
+        frames = [entry for _, entry in batch if isinstance(entry, InFrame)]
+        ended = any(isinstance(entry, InEnd) for _, entry in batch)
+        events = await asyncio.to_thread(self._core.process, frames, ended)
+        if events:
+            await self._publish(events)
+
+    async def aclose(self) -> None:
+        pass
+
+    async def _first_frame_ts(self) -> int | None:
+        raw = cast(
+            StreamEntries,
+            await self._ctx.redis.xrange(self._keys.call_in(self._call_id), count=10),
+        )
+        for _, fields in raw:
+            entry = decode_in(fields)
+            if isinstance(entry, InFrame):
+                return entry.ts_ms
+        return None
+
+    async def _publish(self, events: Sequence[Event]) -> None:
+        settings = self._ctx.settings
+        async with self._ctx.redis.pipeline(transaction=False) as pipe:
+            for event in events:
+                fields = event.fields()
+                pipe.xadd(
+                    self._keys.call_events(self._call_id),
+                    fields,
+                    maxlen=settings.events_maxlen,
+                    approximate=True,
+                )
+                pipe.xadd(
+                    self._keys.insights, fields, maxlen=settings.insights_maxlen, approximate=True
+                )
+            await pipe.execute()
+
+
+def transcribe_factory(engine: RecognizerFactory) -> HandlerFactory:
+    def factory(ctx: CallContext) -> CallHandler:
+        return TranscribeHandler(ctx, engine)
+
+    return factory

@@ -1,0 +1,106 @@
+"""Voice activity detection: splits one audio stream into utterances. No I/O.
+
+Each 20 ms frame is classified by WebRTC's VAD (``webrtcvad``, the GMM detector from Chrome,
+fast and well kept), or taken as non-speech when the platform flagged it ``silent``. An
+utterance starts when ``START_FRAMES`` of the last ``START_WINDOW`` frames are speech, and
+is said to start at the first speech frame of that window; its audio also includes the frames
+before it still in the window plus ``PREROLL_FRAMES`` more (so the first phoneme is not
+clipped). It stops after ``STOP_FRAMES`` frames in a row without speech (the hangover, which
+stays in the audio); it is said to end with its last speech frame. Offsets count frames from
+the start of the stream, 20 ms each.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+import webrtcvad
+
+FRAME_MS = 20
+START_WINDOW = 5
+START_FRAMES = 3
+PREROLL_FRAMES = 10  # 200 ms before the window that triggered
+STOP_FRAMES = 25  # 500 ms without speech ends an utterance
+AGGRESSIVENESS = 2  # webrtcvad 0 (least) to 3 (most eager to call a frame non-speech)
+
+
+@dataclass(frozen=True, slots=True)
+class SpeechStarted:
+    offset_ms: int  # the first speech frame of the window that triggered: where speech starts
+    audio_offset_ms: int  # where ``audio`` starts
+    audio: bytes  # the utterance's first frames (pre-roll and the window that triggered)
+
+
+@dataclass(frozen=True, slots=True)
+class SpeechAudio:
+    audio: bytes  # one more frame of the current utterance
+
+
+@dataclass(frozen=True, slots=True)
+class SpeechStopped:
+    offset_ms: int  # the end of the last speech frame (the hangover that confirmed it follows)
+
+
+VadEvent = SpeechStarted | SpeechAudio | SpeechStopped
+
+
+class Segmenter:
+    """Utterances of one stream of 20 ms frames of 16-bit mono PCM at ``rate_hz``."""
+
+    def __init__(self, rate_hz: int, *, aggressiveness: int = AGGRESSIVENESS) -> None:
+        if rate_hz not in (8000, 16000, 32000, 48000):
+            # webrtcvad's rates; 24 kHz streams are resampled to 16 kHz by the caller.
+            raise ValueError(f"VAD needs 8, 16, 32 or 48 kHz audio, got {rate_hz} Hz")
+        self._vad = webrtcvad.Vad(aggressiveness)
+        self._rate_hz = rate_hz
+        self._frame_bytes = rate_hz * FRAME_MS // 1000 * 2
+        self._history: deque[tuple[bytes, bool]] = deque(maxlen=START_WINDOW + PREROLL_FRAMES)
+        self._frames = 0  # frames seen so far
+        self._in_speech = False
+        self._quiet = 0  # non-speech frames in a row while in speech
+
+    @property
+    def in_speech(self) -> bool:
+        return self._in_speech
+
+    @property
+    def offset_ms(self) -> int:
+        """Where the stream is: the end of the last frame pushed."""
+        return self._frames * FRAME_MS
+
+    def push(self, pcm: bytes, *, silent: bool = False) -> list[VadEvent]:
+        """One frame in; what it starts, continues or stops out."""
+        if len(pcm) != self._frame_bytes:
+            raise ValueError(f"expected {self._frame_bytes}-byte frames, got {len(pcm)} bytes")
+        speech = not silent and self._vad.is_speech(pcm, self._rate_hz)
+        self._frames += 1
+        if self._in_speech:
+            self._quiet = 0 if speech else self._quiet + 1
+            if self._quiet >= STOP_FRAMES:
+                self._in_speech = False
+                self._history.clear()
+                return [SpeechAudio(pcm), SpeechStopped(self._speech_end_ms())]
+            return [SpeechAudio(pcm)]
+        self._history.append((pcm, speech))
+        window = list(self._history)[-START_WINDOW:]
+        if sum(is_speech for _, is_speech in window) < START_FRAMES:
+            return []
+        self._in_speech = True
+        self._quiet = 0
+        audio = b"".join(frame for frame, _ in self._history)
+        audio_ms = self.offset_ms - len(self._history) * FRAME_MS
+        first_speech = next(i for i, (_, is_speech) in enumerate(window) if is_speech)
+        onset_ms = self.offset_ms - (len(window) - first_speech) * FRAME_MS
+        self._history.clear()
+        return [SpeechStarted(onset_ms, audio_ms, audio)]
+
+    def flush(self) -> list[VadEvent]:
+        """The stream ended: stop an utterance still open."""
+        if not self._in_speech:
+            return []
+        self._in_speech = False
+        return [SpeechStopped(self._speech_end_ms())]
+
+    def _speech_end_ms(self) -> int:
+        return self.offset_ms - self._quiet * FRAME_MS
