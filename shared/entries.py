@@ -238,3 +238,27 @@ def decode_call(raw: RawFields) -> CallEntry:
             reason=_get(raw, b"reason").decode(),
         )
     raise EntryError(f"call entry type should be started or ended, got {kind!r}")
+
+
+# ---------------------------------------------------------------------- stream ids
+
+MAX_SEQ = 2**64 - 1
+
+
+def parse_id(entry_id: str) -> tuple[int, int]:
+    """A stream entry id ``"ms-seq"`` as a tuple that orders like Redis orders ids."""
+    ms, _, seq = entry_id.partition("-")
+    try:
+        return int(ms), int(seq or 0)
+    except ValueError:
+        raise EntryError(f"not a stream entry id: {entry_id!r}") from None
+
+
+def previous_id(entry_id: str) -> str:
+    """The largest id before ``entry_id``: reading after it returns ``entry_id`` again."""
+    ms, seq = parse_id(entry_id)
+    if seq > 0:
+        return f"{ms}-{seq - 1}"
+    if ms > 0:
+        return f"{ms - 1}-{MAX_SEQ}"
+    return "0-0"

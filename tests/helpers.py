@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import cast
 
 import redis.asyncio as aioredis
@@ -80,3 +81,12 @@ def word_error_rate(reference: str, hypothesis: str) -> float:
                 min(row[j] + 1, row[j - 1] + 1, previous + (ref_word != hyp_word)),
             )
     return row[-1] / len(ref)
+
+
+async def until(condition: Callable[[], Awaitable[bool]], timeout_s: float = 10.0) -> float:
+    """Poll ``condition`` until true (bounded); returns the seconds it took."""
+    start = time.monotonic()
+    while not await condition():
+        assert time.monotonic() - start < timeout_s, "condition not met in time"
+        await asyncio.sleep(0.02)
+    return time.monotonic() - start

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import redis.asyncio as aioredis
 
@@ -40,6 +40,19 @@ class CallHandler(Protocol):
 
     async def aclose(self) -> None:
         """The call ended (an InEnd was in the last batch) or is being handed back."""
+
+
+@runtime_checkable
+class ResumePoint(Protocol):
+    """A handler that must see some entries again after a takeover implements this.
+
+    The transcribe worker, say, needs an utterance's audio from its start: checkpointing the
+    last processed entry would make the next owner start mid-utterance.
+    """
+
+    def resume_from(self) -> str | None:
+        """The earliest entry id the next owner must read again; None: nothing before the
+        last processed entry."""
 
 
 HandlerFactory = Callable[[CallContext], CallHandler]

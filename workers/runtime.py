@@ -40,9 +40,11 @@ from shared.entries import (
     XReadReply,
     decode_call,
     decode_in,
+    parse_id,
+    previous_id,
 )
 from shared.settings import Settings
-from workers.base import CallContext, CallHandler, HandlerFactory
+from workers.base import CallContext, CallHandler, HandlerFactory, ResumePoint
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +99,17 @@ class _Owned:
     last_id: str  # last processed inbound entry id
     task: asyncio.Task[None] | None = None
     finishing: bool = False  # processed to its end: being acknowledged
+    handler: object = None  # the call's CallHandler, once made
+
+    @property
+    def checkpoint(self) -> str:
+        """What the next owner reads after: the last processed entry, or earlier when the
+        handler still needs entries again (:class:`~workers.base.ResumePoint`)."""
+        if isinstance(self.handler, ResumePoint):
+            earliest = self.handler.resume_from()
+            if earliest is not None and parse_id(earliest) <= parse_id(self.last_id):
+                return previous_id(earliest)
+        return self.last_id
 
 
 def default_consumer() -> str:
@@ -365,7 +378,7 @@ class WorkerRuntime:
 
     def _queue_checkpoint(self, pipe: aioredis.client.Pipeline, owned: _Owned) -> None:
         key = self._keys.checkpoint(self._kind, owned.call.call_id)
-        pipe.hset(key, mapping={"entry_id": owned.last_id, "owner": self.consumer})
+        pipe.hset(key, mapping={"entry_id": owned.checkpoint, "owner": self.consumer})
         pipe.expire(key, self._settings.call_ttl_s)
 
     async def _hand_back(self, owned: Sequence[_Owned]) -> None:
@@ -412,6 +425,7 @@ class WorkerRuntime:
         finished = False
         try:
             handler = self._factory(CallContext(owned.call, redis, self._settings, resume_from))
+            owned.handler = handler
             block_ms = int(self._heartbeat_s * 1000)
             while not finished:
                 if self._stopping:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import cast
@@ -25,7 +26,7 @@ from typing import cast
 import numpy as np
 import soxr
 
-from shared.entries import InEnd, InEntry, InFrame, StreamEntries, decode_in
+from shared.entries import InEnd, InEntry, InFrame, StreamEntries, decode_in, parse_id
 from shared.events import Event
 from workers.base import CallContext, CallHandler, HandlerFactory
 from workers.stt.engine import Recognizer, RecognizerFactory, Result
@@ -39,6 +40,8 @@ from workers.stt.transcript import (
 )
 from workers.vad import (
     FRAME_MS,
+    PREROLL_FRAMES,
+    START_WINDOW,
     Segmenter,
     SpeechAudio,
     SpeechStarted,
@@ -64,6 +67,16 @@ class _Stream:
     resampler: soxr.ResampleStream | None
     pending: bytearray = field(default_factory=bytearray)  # 16 kHz audio not yet a whole frame
     utterance_ms: int = 0  # call offset where the open utterance's speech started
+    # In-stream entry ids of the frames the segmenter may still use (its pre-roll window), and
+    # of the open utterance's first frame: what a new owner would have to read again.
+    recent: deque[str] = field(default_factory=lambda: deque(maxlen=START_WINDOW + PREROLL_FRAMES))
+    utterance_id: str | None = None
+
+    @property
+    def earliest_needed(self) -> str | None:
+        if self.segmenter.in_speech:
+            return self.utterance_id
+        return self.recent[0] if self.recent else None
 
     def frames(self, pcm: bytes) -> list[bytes]:
         """The call's frame at its own rate in, whole 20 ms frames at 16 kHz out."""
@@ -86,20 +99,28 @@ class Transcriber:
         self._engine = engine
         self._streams: dict[int, _Stream] = {}
         self.start_ts_ms: int | None = None  # the call's first frame
+        self.earliest_needed: str | None = None  # set after each batch (read from the loop)
 
-    def process(self, frames: Sequence[InFrame], ended: bool) -> list[Event]:
+    def process(self, frames: Sequence[tuple[str, InFrame]], ended: bool) -> list[Event]:
+        """Frames (with their in-stream entry ids) in, events out."""
         events: list[Event] = []
-        for frame in frames:
+        for entry_id, frame in frames:
             if self.start_ts_ms is None:
                 self.start_ts_ms = frame.ts_ms
             stream = self._stream(frame)
+            stream.recent.append(entry_id)
             for pcm in stream.frames(frame.pcm):
                 for vad_event in stream.segmenter.push(pcm, silent=frame.silent):
+                    if isinstance(vad_event, SpeechStarted):
+                        back = min(len(stream.recent), len(vad_event.audio) // FRAME_BYTES)
+                        stream.utterance_id = stream.recent[-back] if back else entry_id
                     events.extend(self._on_vad(stream, vad_event, frame.ts_ms))
         if ended:
             for stream in self._streams.values():
                 for vad_event in stream.segmenter.flush():
                     events.extend(self._on_vad(stream, vad_event, self._now_ms(stream)))
+        needed = [i for s in self._streams.values() if (i := s.earliest_needed) is not None]
+        self.earliest_needed = min(needed, key=parse_id) if needed else None
         return events
 
     def _stream(self, frame: InFrame) -> _Stream:
@@ -185,7 +206,7 @@ class TranscribeHandler:
             # Taken over mid-call: offsets still count from the call's first frame.
             self._core.start_ts_ms = await self._first_frame_ts()
             self._started = True
-        frames = [entry for _, entry in batch if isinstance(entry, InFrame)]
+        frames = [(entry_id, entry) for entry_id, entry in batch if isinstance(entry, InFrame)]
         ended = any(isinstance(entry, InEnd) for _, entry in batch)
         events = await asyncio.to_thread(self._core.process, frames, ended)
         if events:
@@ -193,6 +214,11 @@ class TranscribeHandler:
 
     async def aclose(self) -> None:
         pass
+
+    def resume_from(self) -> str | None:
+        """The open utterances' first frames (or the VAD's pre-roll window): a new owner
+        reads them again, so an utterance is never cut at a takeover."""
+        return self._core.earliest_needed
 
     async def _first_frame_ts(self) -> int | None:
         raw = cast(

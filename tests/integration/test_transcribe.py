@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import subprocess
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -16,11 +17,11 @@ import redis.asyncio as aioredis
 from callstream.emulator.wav import load_wav
 from callstream.simulate import simulate
 from ingress.server import Gateway
-from shared.entries import InFrame
+from shared.entries import CallStarted, InEnd, InFrame, encode_call, encode_in
 from shared.events import Event
 from shared.settings import Settings
 from tests.helpers import events as read_events
-from tests.helpers import wait_for_end, word_error_rate
+from tests.helpers import until, wait_for_end, wait_for_entry, word_error_rate
 from workers.runtime import WorkerRuntime
 from workers.stt.pocketsphinx_engine import pocketsphinx_factory
 from workers.stt.transcript import SPEECH_STARTED, SPEECH_STOPPED, TICKS_PER_MS, TRANSCRIPT
@@ -64,7 +65,7 @@ def call_audio(tmp_path_factory: pytest.TempPathFactory) -> tuple[bytes, list[in
 def offline(audio: bytes) -> list[Event]:
     core = Transcriber("offline", RATE, pocketsphinx_factory)
     frames = [
-        InFrame(i, 20 * i, "", 0, False, audio[i * FRAME : (i + 1) * FRAME])
+        (f"{i + 1}-0", InFrame(i, 20 * i, "", 0, False, audio[i * FRAME : (i + 1) * FRAME]))
         for i in range(len(audio) // FRAME)
     ]
     return core.process(frames, ended=True)
@@ -129,3 +130,69 @@ async def test_streamed_transcripts_match_the_offline_decode_and_the_true_positi
     assert len({e.id for e in events}) == len(events)
     insights = await read_events(redis, settings.keys.insights)
     assert {e.id for e in events} <= {e.id for e in insights}
+
+
+async def test_a_call_handed_over_mid_utterance_is_transcribed_whole_once(
+    settings: Settings, redis: aioredis.Redis, call_audio: tuple[bytes, list[int]]
+) -> None:
+    """Replica A stops (SIGTERM's hand-back) in the middle of the first sentence; B resumes
+    from A's checkpoint, which lies before that utterance: every final equals the offline
+    decode, none is cut or missing, and no final id appears with two different texts."""
+    audio, onsets = call_audio
+    expected = finals(await asyncio.to_thread(offline, audio))
+    frames = [
+        InFrame(i, 1_700_000_000_000 + 20 * i, "", 0, False, audio[i * FRAME : (i + 1) * FRAME])
+        for i in range(len(audio) // FRAME)
+    ]
+    cut = (onsets[0] + 1500) // 20  # 1.5 s into the first sentence
+    key = settings.keys.call_in("moved")
+    await redis.xadd(
+        settings.keys.calls,
+        encode_call(CallStarted("moved", RATE, "mixed", int(time.time() * 1000), "test")),
+    )
+
+    async def add(part: list[InFrame]) -> None:
+        async with redis.pipeline(transaction=False) as pipe:
+            for frame in part:
+                pipe.xadd(key, encode_in(frame))
+            await pipe.execute()
+
+    def replica(name: str) -> WorkerRuntime:
+        return WorkerRuntime(
+            settings,
+            "transcribe",
+            transcribe_factory(pocketsphinx_factory),
+            consumer=name,
+            heartbeat_s=0.2,
+        )
+
+    a = replica("a")
+    await a.__aenter__()
+    await add(frames[:cut])
+    # A is a second into the first utterance (its partial results say so), not at its end.
+    await wait_for_entry(
+        redis,
+        settings.keys.call_events("moved"),
+        lambda f: (
+            f[b"type"] == TRANSCRIPT.encode()
+            and Event.from_fields(f).data["duration"] >= 800 * TICKS_PER_MS
+        ),
+        20,
+    )
+    await a.aclose()
+    async with replica("b") as b:
+        await add(frames[cut:])
+        await redis.xadd(key, encode_in(InEnd("normal")))
+
+        async def taken() -> bool:
+            return "moved" in b.owned
+
+        await until(taken, timeout_s=20)
+        await b.wait_idle()
+
+    events = await read_events(redis, settings.keys.call_events("moved"))
+    got: dict[str, tuple[int, str]] = {}
+    for event in finals(events):
+        heard = (event.data["offset"], event.data["text"])
+        assert got.setdefault(event.id, heard) == heard  # a repeated id says the same
+    assert list(got.values()) == [(e.data["offset"], e.data["text"]) for e in expected]

@@ -22,6 +22,8 @@ from shared.entries import (
     encode_call,
     encode_in,
     encode_out,
+    parse_id,
+    previous_id,
 )
 from tests.helpers import as_redis
 
@@ -115,3 +117,23 @@ def test_bad_call_entries_raise_entry_error() -> None:
         decode_call({b"type": b"paused"})
     with pytest.raises(EntryError, match="kind should be audio, stop or mark"):
         decode_out({b"kind": b"pause"})
+
+
+@given(st.integers(0, 2**48), st.integers(0, 2**64 - 1))
+def test_previous_id_is_the_largest_id_before(ms: int, seq: int) -> None:
+    entry_id = f"{ms}-{seq}"
+    before = previous_id(entry_id)
+    if (ms, seq) == (0, 0):
+        assert before == "0-0"
+    else:
+        assert parse_id(before) < parse_id(entry_id)
+        # Nothing fits between them.
+        b_ms, b_seq = parse_id(before)
+        assert (b_ms, b_seq + 1) == (ms, seq) or (
+            b_seq == 2**64 - 1 and b_ms + 1 == ms and seq == 0
+        )
+
+
+def test_parse_id_refuses_what_is_not_an_id() -> None:
+    with pytest.raises(EntryError):
+        parse_id("abc-1")
