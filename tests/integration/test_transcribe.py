@@ -15,7 +15,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from callstream.emulator.wav import load_wav
-from callstream.simulate import simulate
+from callstream.simulate import participant_ids, simulate
 from ingress.server import Gateway
 from shared.entries import CallStarted, InEnd, InFrame, encode_call, encode_in
 from shared.events import Event
@@ -196,3 +196,41 @@ async def test_a_call_handed_over_mid_utterance_is_transcribed_whole_once(
         heard = (event.data["offset"], event.data["text"])
         assert got.setdefault(event.id, heard) == heard  # a repeated id says the same
     assert list(got.values()) == [(e.data["offset"], e.data["text"]) for e in expected]
+
+
+async def test_an_unmixed_call_attributes_each_utterance_to_its_speaker(
+    pipeline: Gateway,
+    settings: Settings,
+    redis: aioredis.Redis,
+    tmp_path: Path,
+) -> None:
+    """Two participants take turns; each final transcript carries the speaker's raw id and
+    equals that speaker's own stream decoded offline."""
+    first = speak(SENTENCES[0], tmp_path / "a.wav")
+    second = speak(SENTENCES[1], tmp_path / "b.wav")
+    pause = bytes(RATE * 2)
+    talker_a = pause + first + pause + bytes(len(second)) + pause
+    talker_b = pause + bytes(len(first)) + pause + second + pause
+    talker_a += bytes((-len(talker_a)) % FRAME)
+    talker_b += bytes((-len(talker_b)) % FRAME)
+    ids = participant_ids(2)
+    want = [
+        (ids[0], [e.data["text"] for e in finals(await asyncio.to_thread(offline, talker_a))]),
+        (ids[1], [e.data["text"] for e in finals(await asyncio.to_thread(offline, talker_b))]),
+    ]
+    [result] = await simulate(
+        pipeline.url, [talker_a, talker_b], mode="unmixed", call_ids=["turns"], linger_s=0.1
+    )
+    assert result.completed
+    key = settings.keys.call_events("turns")
+
+    async def both_stopped() -> bool:
+        events = await read_events(redis, key)
+        return sum(e.type == SPEECH_STOPPED for e in events) >= 2
+
+    await until(both_stopped, timeout_s=30)
+    got = [
+        (e.data["participantRawID"], [e.data["text"]])
+        for e in finals(await read_events(redis, key))
+    ]
+    assert got == want
