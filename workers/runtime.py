@@ -164,7 +164,11 @@ class WorkerRuntime:
         # which on Python 3.11 can swallow a cancellation that lands as the send completes (a
         # replica then kept serving a call it had handed back). Blocking reads are bounded by
         # the server (BLOCK) and by ``asyncio.timeout`` here instead.
-        self._redis = aioredis.Redis.from_url(self._settings.redis_url, socket_timeout=None)
+        self._redis = aioredis.Redis.from_url(
+            self._settings.redis_url,
+            socket_timeout=None,
+            client_name=f"callstream-worker-{self._kind}-{self.consumer}",
+        )
         try:
             await self._redis.xgroup_create(self._keys.calls, self._group, id="0", mkstream=True)
         except ResponseError as exc:

@@ -4,8 +4,11 @@ sockets), against the same engine decoding the whole file offline."""
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
+import signal
 import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -234,3 +237,106 @@ async def test_an_unmixed_call_attributes_each_utterance_to_its_speaker(
         for e in finals(await read_events(redis, key))
     ]
     assert got == want
+
+
+async def test_three_replicas_survive_a_sigkill_of_the_owner_mid_utterance(
+    settings: Settings, redis: aioredis.Redis, call_audio: tuple[bytes, list[int]]
+) -> None:
+    """Three `callstream worker transcribe` processes; the one that owns the call is killed
+    with SIGKILL 1.5 s into a sentence. Another takes the call over within 5 s and the
+    transcripts come out whole: each final once (by id), equal to the offline decode."""
+    audio, onsets = call_audio
+    expected = finals(await asyncio.to_thread(offline, audio))
+    frames = [
+        InFrame(i, 1_700_000_000_000 + 20 * i, "", 0, False, audio[i * FRAME : (i + 1) * FRAME])
+        for i in range(len(audio) // FRAME)
+    ]
+    cut = (onsets[0] + 1500) // 20
+    key = settings.keys.call_in("killed")
+    env = {**os.environ, "REDIS_URL": settings.redis_url, "CS_PREFIX": settings.prefix}
+    replicas = {
+        name: await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "callstream",
+            "worker",
+            "transcribe",
+            "--consumer",
+            name,
+            "--heartbeat-s",
+            "0.3",
+            env=env,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        for name in ("r1", "r2", "r3")
+    }
+    group = settings.keys.group("transcribe")
+    try:
+
+        async def all_listening() -> bool:
+            names = {client["name"] for client in await redis.client_list()}
+            return {f"callstream-worker-transcribe-{name}" for name in replicas} <= names
+
+        await until(all_listening, timeout_s=30)
+        await redis.xadd(
+            settings.keys.calls,
+            encode_call(CallStarted("killed", RATE, "mixed", int(time.time() * 1000), "test")),
+        )
+        await _add(redis, key, frames[:cut])
+        await wait_for_entry(
+            redis,
+            settings.keys.call_events("killed"),
+            lambda f: (
+                f[b"type"] == TRANSCRIPT.encode()
+                and Event.from_fields(f).data["duration"] >= 800 * TICKS_PER_MS
+            ),
+            30,
+        )
+        [pending] = await redis.xpending_range(settings.keys.calls, group, "-", "+", 10)
+        owner = _text(pending["consumer"])
+
+        async def checkpointed() -> bool:  # the owner has saved where to resume, mid-call
+            ckpt = await redis.hgetall(settings.keys.checkpoint("transcribe", "killed"))
+            return ckpt.get(b"owner") == owner.encode() and ckpt.get(b"entry_id") != b"0-0"
+
+        await until(checkpointed)
+        replicas[owner].send_signal(signal.SIGKILL)
+        await replicas[owner].wait()
+        killed_at = time.monotonic()
+
+        async def taken_over() -> bool:
+            rows = await redis.xpending_range(settings.keys.calls, group, "-", "+", 10)
+            return bool(rows) and _text(rows[0]["consumer"]) != owner
+
+        await until(taken_over, timeout_s=10)
+        assert time.monotonic() - killed_at <= 5.0
+        await _add(redis, key, frames[cut:])
+        await redis.xadd(key, encode_in(InEnd("normal")))
+
+        async def done() -> bool:
+            return not await redis.xpending_range(settings.keys.calls, group, "-", "+", 10)
+
+        await until(done, timeout_s=60)
+    finally:
+        for process in replicas.values():
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+    events = await read_events(redis, settings.keys.call_events("killed"))
+    got: dict[str, tuple[int, str]] = {}
+    for event in finals(events):
+        heard = (event.data["offset"], event.data["text"])
+        assert got.setdefault(event.id, heard) == heard
+    assert list(got.values()) == [(e.data["offset"], e.data["text"]) for e in expected]
+
+
+async def _add(redis: aioredis.Redis, key: str, frames: list[InFrame]) -> None:
+    async with redis.pipeline(transaction=False) as pipe:
+        for frame in frames:
+            pipe.xadd(key, encode_in(frame))
+        await pipe.execute()
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
