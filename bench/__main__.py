@@ -1,11 +1,11 @@
-"""Benchmarks: ``python -m bench ingest|egress ...`` (see docs/performance.md)."""
+"""Benchmarks: ``python -m bench ingest|egress|transcribe ...`` (see docs/performance.md)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-from bench import egress, ingest
+from bench import egress, ingest, transcribe
 
 
 def main() -> int:
@@ -17,11 +17,18 @@ def main() -> int:
     egress.add_arguments(
         sub.add_parser("egress", help=egress.__doc__.splitlines()[0] if egress.__doc__ else None)
     )
+    transcribe.add_arguments(
+        sub.add_parser(
+            "transcribe", help=transcribe.__doc__.splitlines()[0] if transcribe.__doc__ else None
+        )
+    )
     args = parser.parse_args()
     if args.bench == "ingest":
         return ingest.main(args)
     if args.bench == "egress":
         return egress.main(args)
+    if args.bench == "transcribe":
+        return transcribe.main(args)
     return 2
 
 

@@ -58,12 +58,12 @@ def _runner(
     return run
 
 
-def _common(parser: argparse.ArgumentParser) -> None:
+def _common(parser: argparse.ArgumentParser, max_calls: int) -> None:
     parser.add_argument(
         "--max-calls",
         type=int,
-        default=50,
-        help="calls served at once by this replica (default 50)",
+        default=max_calls,
+        help=f"calls served at once by this replica (default {max_calls})",
     )
     parser.add_argument(
         "--consumer", default=None, help="consumer name in the group (default hostname-pid)"
@@ -82,7 +82,7 @@ def register(subparsers: Any) -> None:
     kinds = worker.add_subparsers(dest="kind", required=True, metavar="KIND")
 
     echo = kinds.add_parser("echo", help="play every non-silent inbound frame back into the call")
-    _common(echo)
+    _common(echo, max_calls=50)
     echo.add_argument(
         "--delay-ms", type=float, default=0.0, help="hold each frame back this long (default 0)"
     )
@@ -91,7 +91,9 @@ def register(subparsers: Any) -> None:
     transcribe = kinds.add_parser(
         "transcribe", help="speech events and ACS-shaped transcripts (offline PocketSphinx)"
     )
-    _common(transcribe)
+    # PocketSphinx holds the GIL: one replica is one core, about two real-time streams
+    # (docs/performance.md). Scale with replicas, not with --max-calls.
+    _common(transcribe, max_calls=2)
     transcribe.add_argument(
         "--engine",
         choices=("pocketsphinx",),
