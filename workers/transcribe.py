@@ -20,7 +20,7 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import cast
 
 import numpy as np
@@ -117,8 +117,12 @@ class Transcriber:
                     events.extend(self._on_vad(stream, vad_event, frame.ts_ms))
         if ended:
             for stream in self._streams.values():
+                now_ms = self._now_ms(stream)
                 for vad_event in stream.segmenter.flush():
-                    events.extend(self._on_vad(stream, vad_event, self._now_ms(stream)))
+                    events.extend(self._on_vad(stream, vad_event, now_ms))
+                events.extend(
+                    self._transcript(stream, result, now_ms) for result in stream.recognizer.close()
+                )
         needed = [i for s in self._streams.values() if (i := s.earliest_needed) is not None]
         self.earliest_needed = min(needed, key=parse_id) if needed else None
         return events
@@ -146,21 +150,16 @@ class Transcriber:
 
     def _on_vad(self, stream: _Stream, event: VadEvent, ts_ms: int) -> list[Event]:
         if isinstance(event, SpeechAudio):
-            result = stream.recognizer.feed(event.audio)
-            return [self._transcript(stream, result, ts_ms)] if result else []
+            results = stream.recognizer.feed(event.audio)
+            return [self._transcript(stream, result, ts_ms) for result in results]
         if isinstance(event, SpeechStarted):
             stream.utterance_ms = stream.base_ms + event.offset_ms
-            stream.recognizer.start(stream.base_ms + event.audio_offset_ms)
+            stream.recognizer.start(stream.base_ms + event.audio_offset_ms, stream.utterance_ms)
             events = [self._speech(stream, SPEECH_STARTED, stream.utterance_ms, ts_ms)]
-            result = stream.recognizer.feed(event.audio)
-            if result:
-                events.append(self._transcript(stream, result, ts_ms))
-            return events
+            results = stream.recognizer.feed(event.audio)
+            return events + [self._transcript(stream, result, ts_ms) for result in results]
         assert isinstance(event, SpeechStopped)
-        events = []
-        final = stream.recognizer.stop()
-        if final:
-            events.append(self._transcript(stream, final, ts_ms))
+        events = [self._transcript(stream, result, ts_ms) for result in stream.recognizer.stop()]
         events.append(self._speech(stream, SPEECH_STOPPED, stream.base_ms + event.offset_ms, ts_ms))
         return events
 
@@ -178,12 +177,6 @@ class Transcriber:
         )
 
     def _transcript(self, stream: _Stream, result: Result, ts_ms: int) -> Event:
-        # The utterance is placed where the VAD heard speech start (the engine's first word
-        # boundary can be off by a syllable); it lasts until the end of what was recognised.
-        end_ms = result.offset_ms + result.duration_ms
-        result = replace(
-            result, offset_ms=stream.utterance_ms, duration_ms=max(0, end_ms - stream.utterance_ms)
-        )
         return Event(
             transcript_event_id(self._call_id, stream.channel, result),
             self._call_id,

@@ -2,10 +2,11 @@
 
 The transcribe worker segments each audio stream into utterances (:mod:`workers.vad`) and
 drives one :class:`Recognizer` per stream: :meth:`~Recognizer.start` at an utterance's start,
-:meth:`~Recognizer.feed` with its audio (an intermediate result back whenever the hypothesis
-changed), :meth:`~Recognizer.stop` at its end (the final result, with word timings). Offsets are
-milliseconds from the start of the stream. Engines are synchronous and CPU-bound: the worker
-runs them off the event loop.
+:meth:`~Recognizer.feed` with its audio (intermediate results back whenever the hypothesis
+changed), :meth:`~Recognizer.stop` at its end (the final result, with word timings), and
+:meth:`~Recognizer.close` when the stream ends. Offsets are milliseconds from the start of the
+stream. Calls are synchronous (a cloud engine answers through its own threads and hands over
+what arrived at the next call); the worker runs them off the event loop.
 """
 
 from __future__ import annotations
@@ -33,14 +34,20 @@ class Result:
 
 
 class Recognizer(Protocol):
-    def start(self, offset_ms: int) -> None:
-        """An utterance begins ``offset_ms`` into the stream."""
+    def start(self, audio_offset_ms: int, speech_offset_ms: int) -> None:
+        """An utterance begins: the audio fed next starts ``audio_offset_ms`` into the stream
+        (pre-roll included); the voice activity detector heard speech from
+        ``speech_offset_ms``."""
 
-    def feed(self, pcm: bytes) -> Result | None:
-        """More of the utterance; an intermediate result when the hypothesis changed."""
+    def feed(self, pcm: bytes) -> list[Result]:
+        """More of the utterance; what the engine recognised since (intermediate results, and
+        finals of an engine that segments on its own and answers late)."""
 
-    def stop(self) -> Result | None:
-        """The utterance ended: its final result (None when nothing was recognised)."""
+    def stop(self) -> list[Result]:
+        """The utterance ended: its final result when the engine has it now."""
+
+    def close(self) -> list[Result]:
+        """The stream ended: everything still owed (bounded wait), then release the engine."""
 
 
 RecognizerFactory = Callable[[int], Recognizer]

@@ -33,42 +33,45 @@ class PocketSphinxRecognizer:
         self._rate_hz = rate_hz
         self._decoder = decoder or Decoder(samprate=RATE_HZ, loglevel="FATAL")
         self._offset_ms = 0
+        self._speech_ms = 0
         self._fed_ms = 0
         self._next_partial_ms = PARTIAL_EVERY_MS
         self._last_partial = ""
         self._active = False
         self._resampler: soxr.ResampleStream | None = None
 
-    def start(self, offset_ms: int) -> None:
+    def start(self, audio_offset_ms: int, speech_offset_ms: int) -> None:
         if self._active:
             self._decoder.end_utt()
         self._decoder.start_utt()
         self._active = True
-        self._offset_ms = offset_ms
+        self._offset_ms = audio_offset_ms
+        self._speech_ms = speech_offset_ms
         self._fed_ms = 0
         self._next_partial_ms = PARTIAL_EVERY_MS
         self._last_partial = ""
         if self._rate_hz != RATE_HZ:  # one resampler per utterance: they are not contiguous
             self._resampler = soxr.ResampleStream(self._rate_hz, RATE_HZ, 1, dtype="int16")
 
-    def feed(self, pcm: bytes) -> Result | None:
+    def feed(self, pcm: bytes) -> list[Result]:
         if not self._active:
             raise RuntimeError("feed() outside an utterance: call start() first")
         self._decoder.process_raw(self._resampled(pcm), False, False)
         self._fed_ms += len(pcm) * 1000 // (2 * self._rate_hz)
         if self._fed_ms < self._next_partial_ms:
-            return None
+            return []
         self._next_partial_ms = self._fed_ms + PARTIAL_EVERY_MS
         hyp = self._decoder.hyp()
         text = " ".join(filter(None, map(_word, hyp.hypstr.split()))) if hyp else ""
         if not text or text == self._last_partial:
-            return None
+            return []
         self._last_partial = text
-        return Result(text, False, self._offset_ms, self._fed_ms, 0.0)
+        end_ms = self._offset_ms + self._fed_ms
+        return [Result(text, False, self._speech_ms, end_ms - self._speech_ms, 0.0)]
 
-    def stop(self) -> Result | None:
+    def stop(self) -> list[Result]:
         if not self._active:
-            return None
+            return []
         self._decoder.end_utt()
         self._active = False
         hyp = self._decoder.hyp()
@@ -82,18 +85,24 @@ class PocketSphinxRecognizer:
             if (text := _word(seg.word)) is not None
         )
         if hyp is None or not words:
-            return None
+            return []
         confidence = float(self._decoder.get_logmath().exp(hyp.prob))
-        # The phrase spans its words (the utterance around it includes VAD pre-roll).
-        first, last = words[0], words[-1]
-        return Result(
-            " ".join(word.text for word in words),
-            True,
-            first.offset_ms,
-            last.offset_ms + last.duration_ms - first.offset_ms,
-            max(0.0, min(1.0, confidence)),
-            words,
-        )
+        # The phrase starts where the detector heard speech start (PocketSphinx's first word
+        # boundary can be off by a syllable) and ends with its last word.
+        last = words[-1]
+        return [
+            Result(
+                " ".join(word.text for word in words),
+                True,
+                self._speech_ms,
+                max(0, last.offset_ms + last.duration_ms - self._speech_ms),
+                max(0.0, min(1.0, confidence)),
+                words,
+            )
+        ]
+
+    def close(self) -> list[Result]:
+        return self.stop()
 
     def _resampled(self, pcm: bytes) -> bytes:
         if self._resampler is None:
