@@ -54,6 +54,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         code: int = args.run(args, settings)
     except KeyboardInterrupt:
         return 130
+    except ConfigError as exc:
+        print(f"callstream {args.command}: configuration error: {exc}", file=sys.stderr)
+        return 2
     except CallstreamError as exc:
         print(f"callstream {args.command}: {exc}", file=sys.stderr)
         return 1

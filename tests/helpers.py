@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from typing import cast
@@ -90,3 +91,11 @@ async def until(condition: Callable[[], Awaitable[bool]], timeout_s: float = 10.
         assert time.monotonic() - start < timeout_s, "condition not met in time"
         await asyncio.sleep(0.02)
     return time.monotonic() - start
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on (yet)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 from collections.abc import Callable
 from typing import Any
@@ -96,10 +97,25 @@ def register(subparsers: Any) -> None:
     _common(transcribe, max_calls=2)
     transcribe.add_argument(
         "--engine",
-        choices=("pocketsphinx",),
+        choices=("pocketsphinx", "azure"),
         default="pocketsphinx",
-        help="speech-to-text engine (default pocketsphinx, offline)",
+        help="speech-to-text engine: pocketsphinx (offline, default) or azure "
+        "(CS_AZURE_SPEECH_KEY and CS_AZURE_SPEECH_REGION or _ENDPOINT)",
     )
-    transcribe.set_defaults(
-        run=_runner("transcribe", lambda args: transcribe_factory(pocketsphinx_factory))
-    )
+    transcribe.set_defaults(run=_runner("transcribe", _transcribe_factory))
+
+
+def _transcribe_factory(args: argparse.Namespace) -> HandlerFactory:
+    if args.engine == "azure":
+        # Imported here: the SDK is only loaded by replicas that use it.
+        from workers.stt.azure_engine import (  # noqa: PLC0415
+            AzureSpeechSettings,
+            azure_factory,
+            check_service,
+        )
+
+        settings = AzureSpeechSettings.from_env(os.environ)
+        check_service(settings)  # one clear error now rather than one per call
+        log.info("azure speech: %s, %s", settings.endpoint or settings.region, settings.language)
+        return transcribe_factory(azure_factory(settings))
+    return transcribe_factory(pocketsphinx_factory)

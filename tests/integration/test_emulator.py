@@ -7,7 +7,6 @@ import base64
 import itertools
 import json
 import os
-import socket
 import sys
 import wave
 from collections.abc import AsyncIterator
@@ -25,6 +24,7 @@ from shared.errors import ProtocolError
 from shared.events import parse_iso_ms
 from shared.protocols.acs import AudioData, AudioMetadata, DtmfData, InboundSession
 from shared.settings import Settings
+from tests.helpers import free_port
 
 RATE = 16000
 SPELLINGS = [
@@ -155,13 +155,6 @@ async def test_a_refused_upgrade_is_a_clear_error() -> None:
 
 
 # ------------------------------------------------------------------ the CLI, real processes
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 async def test_cli_call_through_gateway_and_worker_processes(

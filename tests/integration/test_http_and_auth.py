@@ -28,6 +28,7 @@ from ingress.publisher import FLUSH_TIMEOUT_S
 from ingress.server import Gateway
 from shared.errors import ConfigError
 from shared.settings import AuthSettings, Settings
+from tests.helpers import free_port
 
 ISSUER = "https://acscallautomation.communication.azure.com"
 AUDIENCE = "acs-resource-id"
@@ -43,13 +44,6 @@ def http_get(url: str) -> tuple[int, str]:
 
 async def get(url: str) -> tuple[int, str]:
     return await asyncio.to_thread(http_get, url)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def http_base(gateway: Gateway) -> str:

@@ -24,7 +24,7 @@ from shared.entries import CallStarted, InEnd, InFrame, encode_call, encode_in
 from shared.events import Event
 from shared.settings import Settings
 from tests.helpers import events as read_events
-from tests.helpers import until, wait_for_end, wait_for_entry, word_error_rate
+from tests.helpers import free_port, until, wait_for_end, wait_for_entry, word_error_rate
 from workers.runtime import WorkerRuntime
 from workers.stt.pocketsphinx_engine import pocketsphinx_factory
 from workers.stt.transcript import SPEECH_STARTED, SPEECH_STOPPED, TICKS_PER_MS, TRANSCRIPT
@@ -340,3 +340,39 @@ async def _add(redis: aioredis.Redis, key: str, frames: list[InFrame]) -> None:
 
 def _text(value: object) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+async def test_the_azure_engine_fails_at_startup_with_one_clear_line() -> None:
+    """Missing credentials, and a service that cannot be reached: exit 2 with one line each,
+    before any call is taken (the real service is not reachable from the test machine)."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith("CS_AZURE_SPEECH_")}
+    closed_port = free_port()
+    for extra, message in (
+        ({}, "the azure engine needs CS_AZURE_SPEECH_KEY and CS_AZURE_SPEECH_REGION"),
+        (
+            {
+                "CS_AZURE_SPEECH_KEY": "not-a-key",
+                "CS_AZURE_SPEECH_ENDPOINT": f"ws://127.0.0.1:{closed_port}/speech",
+            },
+            "Azure Speech (ws://127.0.0.1:",
+        ),
+    ):
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "callstream",
+            "worker",
+            "transcribe",
+            "--engine",
+            "azure",
+            env={**base, **extra},
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        async with asyncio.timeout(30):
+            _, stderr = await process.communicate()
+        lines = stderr.decode().strip().splitlines()
+        assert process.returncode == 2
+        assert len(lines) == 1, lines
+        assert message in lines[0]
+        assert "Traceback" not in stderr.decode()
