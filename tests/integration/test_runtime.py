@@ -182,6 +182,34 @@ async def test_capacity_limits_owned_calls_and_the_rest_wait_in_the_lag(
         assert (info["pending"], info["lag"]) == (2, 0)
 
 
+async def test_two_replicas_of_two_calls_serve_four_of_five_and_the_fifth_waits(
+    redis: aioredis.Redis, settings: Settings
+) -> None:
+    async with runtime(settings, "a", max_calls=2) as a, runtime(settings, "b", max_calls=2) as b:
+        calls = [f"c{i}" for i in range(5)]
+        for call_id in calls:
+            await start_call(redis, settings, call_id)
+
+        async def full() -> bool:
+            return len(a.owned) == len(b.owned) == 2
+
+        await until(full)
+        info = await group_info(redis, settings, "echo")
+        assert (info["pending"], info["lag"]) == (4, 1)  # four served, one waiting
+        assert not a.owned & b.owned
+        [waiting] = set(calls) - a.owned - b.owned
+        done = sorted(b.owned)[0]
+        await end_call(redis, settings, done)
+
+        async def fifth_taken() -> bool:
+            return waiting in a.owned | b.owned and done not in b.owned
+
+        await until(fifth_taken)
+        info = await group_info(redis, settings, "echo")
+        assert (info["pending"], info["lag"]) == (4, 0)
+        assert len(a.owned) == len(b.owned) == 2
+
+
 async def test_two_replicas_share_calls_each_owned_once(
     redis: aioredis.Redis, settings: Settings
 ) -> None:
