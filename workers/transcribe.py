@@ -1,8 +1,9 @@
 """The transcribe worker: utterances, speech events and ACS-shaped transcripts for each call.
 
 Mixed calls are one audio stream; unmixed calls one per channel (participant). Each stream is
-brought to 16 kHz, segmented into utterances by :mod:`workers.vad` (honouring the ``silent``
-flag) and recognised by its own engine :class:`~workers.stt.engine.Recognizer`. Published on
+segmented into utterances by :mod:`workers.vad` (on a 16 kHz copy, honouring the ``silent``
+flag) and recognised by its own engine :class:`~workers.stt.engine.Recognizer`, which gets the
+call's audio in the call's own format. Published on
 the call's events stream and on the insights stream:
 
 * ``speech.started`` / ``speech.stopped`` — ``{participantRawID, channel, offset}``;
@@ -20,7 +21,7 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import cast
 
 import numpy as np
@@ -51,7 +52,7 @@ from workers.vad import (
 
 log = logging.getLogger(__name__)
 
-RATE_HZ = 16000  # what the VAD and the recognizers get
+RATE_HZ = 16000  # what the voice activity detector gets
 FRAME_BYTES = RATE_HZ * FRAME_MS // 1000 * 2
 
 
@@ -65,29 +66,34 @@ class _Stream:
     segmenter: Segmenter
     recognizer: Recognizer
     resampler: soxr.ResampleStream | None
-    pending: bytearray = field(default_factory=bytearray)  # 16 kHz audio not yet a whole frame
+    # 16 kHz audio for the detector; primed with a frame of silence so every call frame yields
+    # exactly one detector frame despite the resampler's delay.
+    pending: bytearray = field(default_factory=lambda: bytearray(FRAME_BYTES))
     utterance_ms: int = 0  # call offset where the open utterance's speech started
-    # In-stream entry ids of the frames the segmenter may still use (its pre-roll window), and
-    # of the open utterance's first frame: what a new owner would have to read again.
-    recent: deque[str] = field(default_factory=lambda: deque(maxlen=START_WINDOW + PREROLL_FRAMES))
+    # The call's own frames (and their in-stream entry ids) the detector may still use (its
+    # pre-roll window), and the open utterance's first entry: what a new owner reads again.
+    recent: deque[tuple[str, bytes]] = field(
+        default_factory=lambda: deque(maxlen=START_WINDOW + PREROLL_FRAMES)
+    )
     utterance_id: str | None = None
 
     @property
     def earliest_needed(self) -> str | None:
         if self.segmenter.in_speech:
             return self.utterance_id
-        return self.recent[0] if self.recent else None
+        return self.recent[0][0] if self.recent else None
 
-    def frames(self, pcm: bytes) -> list[bytes]:
-        """The call's frame at its own rate in, whole 20 ms frames at 16 kHz out."""
+    def vad_frame(self, pcm: bytes) -> bytes:
+        """The call's 20 ms frame at its own rate in, one 20 ms frame at 16 kHz out."""
         if self.resampler is None:
-            return [pcm]
+            return pcm
         samples = np.frombuffer(pcm, dtype="<i2")
         self.pending += self.resampler.resample_chunk(samples).tobytes()
-        count = len(self.pending) // FRAME_BYTES
-        out = [bytes(self.pending[i * FRAME_BYTES : (i + 1) * FRAME_BYTES]) for i in range(count)]
-        del self.pending[: count * FRAME_BYTES]
-        return out
+        if len(self.pending) < FRAME_BYTES:  # not yet: the resampler is still filling up
+            self.pending[:0] = bytes(FRAME_BYTES - len(self.pending))
+        frame = bytes(self.pending[:FRAME_BYTES])
+        del self.pending[:FRAME_BYTES]
+        return frame
 
 
 class Transcriber:
@@ -108,13 +114,20 @@ class Transcriber:
             if self.start_ts_ms is None:
                 self.start_ts_ms = frame.ts_ms
             stream = self._stream(frame)
-            stream.recent.append(entry_id)
-            for pcm in stream.frames(frame.pcm):
-                for vad_event in stream.segmenter.push(pcm, silent=frame.silent):
-                    if isinstance(vad_event, SpeechStarted):
-                        back = min(len(stream.recent), len(vad_event.audio) // FRAME_BYTES)
-                        stream.utterance_id = stream.recent[-back] if back else entry_id
-                    events.extend(self._on_vad(stream, vad_event, frame.ts_ms))
+            stream.recent.append((entry_id, frame.pcm))
+            vad_frame = stream.vad_frame(frame.pcm)
+            for detected in stream.segmenter.push(vad_frame, silent=frame.silent):
+                # The engine gets the call's own audio: the same frames, at the call's rate.
+                native: VadEvent = detected
+                if isinstance(detected, SpeechStarted):
+                    back = min(len(stream.recent), len(detected.audio) // FRAME_BYTES)
+                    stream.utterance_id = stream.recent[-back][0]
+                    native = replace(
+                        detected, audio=b"".join(pcm for _, pcm in list(stream.recent)[-back:])
+                    )
+                elif isinstance(detected, SpeechAudio):
+                    native = SpeechAudio(frame.pcm)
+                events.extend(self._on_vad(stream, native, frame.ts_ms))
         if ended:
             for stream in self._streams.values():
                 now_ms = self._now_ms(stream)
@@ -136,7 +149,7 @@ class Transcriber:
                 participant=frame.participant,
                 base_ms=frame.ts_ms - self.start_ts_ms,
                 segmenter=Segmenter(RATE_HZ),
-                recognizer=self._engine(RATE_HZ),
+                recognizer=self._engine(self._rate_hz),
                 resampler=None
                 if self._rate_hz == RATE_HZ
                 else soxr.ResampleStream(self._rate_hz, RATE_HZ, 1, dtype="int16"),

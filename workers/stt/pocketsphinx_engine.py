@@ -56,7 +56,9 @@ class PocketSphinxRecognizer:
     def feed(self, pcm: bytes) -> list[Result]:
         if not self._active:
             raise RuntimeError("feed() outside an utterance: call start() first")
-        self._decoder.process_raw(self._resampled(pcm), False, False)
+        audio = self._resampled(pcm)
+        if audio:  # (a resampler may hold back its first few samples)
+            self._decoder.process_raw(audio, False, False)
         self._fed_ms += len(pcm) * 1000 // (2 * self._rate_hz)
         if self._fed_ms < self._next_partial_ms:
             return []
