@@ -43,6 +43,7 @@ from workers.vad import (
     FRAME_MS,
     PREROLL_FRAMES,
     START_WINDOW,
+    STOP_FRAMES,
     Segmenter,
     SpeechAudio,
     SpeechStarted,
@@ -54,6 +55,7 @@ log = logging.getLogger(__name__)
 
 RATE_HZ = 16000  # what the voice activity detector gets
 FRAME_BYTES = RATE_HZ * FRAME_MS // 1000 * 2
+TIME_HISTORY = START_WINDOW + PREROLL_FRAMES + STOP_FRAMES + 10  # frames whose time is kept
 
 
 @dataclass
@@ -76,6 +78,18 @@ class _Stream:
         default_factory=lambda: deque(maxlen=START_WINDOW + PREROLL_FRAMES)
     )
     utterance_id: str | None = None
+    # Call offset of each recent frame: the detector counts frames, but an unmixed channel's
+    # frames stop while its participant is not among the dominant speakers.
+    times: deque[int] = field(default_factory=lambda: deque(maxlen=TIME_HISTORY))
+
+    def call_ms(self, stream_ms: int) -> int:
+        """A detector offset (ms of frames pushed) as call time."""
+        back = (self.segmenter.offset_ms - stream_ms) // FRAME_MS
+        if back <= 0 and self.times:
+            return self.times[-1] + FRAME_MS
+        if 0 < back <= len(self.times):
+            return self.times[-back]
+        return self.base_ms + stream_ms  # further back than remembered: count frames
 
     @property
     def earliest_needed(self) -> str | None:
@@ -115,6 +129,7 @@ class Transcriber:
                 self.start_ts_ms = frame.ts_ms
             stream = self._stream(frame)
             stream.recent.append((entry_id, frame.pcm))
+            stream.times.append(frame.ts_ms - self.start_ts_ms)
             vad_frame = stream.vad_frame(frame.pcm)
             for detected in stream.segmenter.push(vad_frame, silent=frame.silent):
                 # The engine gets the call's own audio: the same frames, at the call's rate.
@@ -159,21 +174,21 @@ class Transcriber:
 
     def _now_ms(self, stream: _Stream) -> int:
         assert self.start_ts_ms is not None
-        return self.start_ts_ms + stream.base_ms + stream.segmenter.offset_ms
+        return self.start_ts_ms + stream.call_ms(stream.segmenter.offset_ms)
 
     def _on_vad(self, stream: _Stream, event: VadEvent, ts_ms: int) -> list[Event]:
         if isinstance(event, SpeechAudio):
             results = stream.recognizer.feed(event.audio)
             return [self._transcript(stream, result, ts_ms) for result in results]
         if isinstance(event, SpeechStarted):
-            stream.utterance_ms = stream.base_ms + event.offset_ms
-            stream.recognizer.start(stream.base_ms + event.audio_offset_ms, stream.utterance_ms)
+            stream.utterance_ms = stream.call_ms(event.offset_ms)
+            stream.recognizer.start(stream.call_ms(event.audio_offset_ms), stream.utterance_ms)
             events = [self._speech(stream, SPEECH_STARTED, stream.utterance_ms, ts_ms)]
             results = stream.recognizer.feed(event.audio)
             return events + [self._transcript(stream, result, ts_ms) for result in results]
         assert isinstance(event, SpeechStopped)
         events = [self._transcript(stream, result, ts_ms) for result in stream.recognizer.stop()]
-        events.append(self._speech(stream, SPEECH_STOPPED, stream.base_ms + event.offset_ms, ts_ms))
+        events.append(self._speech(stream, SPEECH_STOPPED, stream.call_ms(event.offset_ms), ts_ms))
         return events
 
     def _speech(self, stream: _Stream, kind: str, offset_ms: int, ts_ms: int) -> Event:
