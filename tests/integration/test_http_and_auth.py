@@ -23,12 +23,12 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
-from callstream.simulate import simulate
+from callstream.simulate import CallResult, simulate
 from ingress.publisher import FLUSH_TIMEOUT_S
 from ingress.server import Gateway
 from shared.errors import ConfigError
 from shared.settings import AuthSettings, Settings
-from tests.helpers import free_port
+from tests.helpers import free_port, until
 
 ISSUER = "https://acscallautomation.communication.azure.com"
 AUDIENCE = "acs-resource-id"
@@ -157,19 +157,29 @@ async def wait_ready(gateway: Gateway, status: int, timeout_s: float = 10) -> No
         await asyncio.sleep(0.1)
 
 
+async def streaming_call(
+    gateway: Gateway, call_id: str, seconds: int
+) -> asyncio.Task[list[CallResult]]:
+    """A call of ``seconds`` of audio, once the gateway has published some of its frames."""
+    call = asyncio.create_task(
+        simulate(gateway.url, [b"\x10\x00" * 16000 * seconds], call_ids=[call_id], linger_s=0.2)
+    )
+
+    async def flowing() -> bool:
+        frames = gateway.registry.get_sample_value("callstream_ingress_frames_total")
+        return frames not in (None, 0.0)
+
+    await until(flowing)
+    return call
+
+
 async def test_a_call_that_cannot_be_published_is_closed_1011_and_the_gateway_recovers(
     settings: Settings, private_redis: RedisProcess
 ) -> None:
     local = dataclasses.replace(settings, redis_url=private_redis.url)
     async with Gateway(local) as gateway:
-        call = asyncio.create_task(
-            simulate(gateway.url, [b"\x10\x00" * 16000 * 4], call_ids=["doomed"], linger_s=0.2)
-        )
         # Let the call stream, then take Redis away under it.
-        deadline = time.monotonic() + 10
-        while gateway.registry.get_sample_value("callstream_ingress_frames_total") in (None, 0.0):
-            assert time.monotonic() < deadline
-            await asyncio.sleep(0.05)
+        call = await streaming_call(gateway, "doomed", seconds=4)
         private_redis.kill()
         [result] = await call
         assert result.close_code == 1011
@@ -198,13 +208,7 @@ async def test_a_call_redis_stops_answering_is_closed_1011_after_the_flush_timeo
 ) -> None:
     local = dataclasses.replace(settings, redis_url=private_redis.url)
     async with Gateway(local) as gateway:
-        call = asyncio.create_task(
-            simulate(gateway.url, [b"\x10\x00" * 16000 * 20], call_ids=["hung"], linger_s=0.2)
-        )
-        deadline = time.monotonic() + 10
-        while gateway.registry.get_sample_value("callstream_ingress_frames_total") in (None, 0.0):
-            assert time.monotonic() < deadline
-            await asyncio.sleep(0.05)
+        call = await streaming_call(gateway, "hung", seconds=20)
         private_redis.pause()
         try:
             [result] = await call

@@ -12,7 +12,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 import redis.asyncio as aioredis
@@ -27,7 +27,7 @@ from shared.entries import (
     encode_in,
 )
 from shared.settings import Settings
-from tests.helpers import xrange
+from tests.helpers import until, xrange
 from workers.base import CallContext, CallHandler
 from workers.echo import echo_factory
 from workers.runtime import WorkerRuntime
@@ -60,15 +60,6 @@ async def add_frames(
 
 async def end_call(redis: aioredis.Redis, settings: Settings, call_id: str) -> None:
     await redis.xadd(settings.keys.call_in(call_id), encode_in(InEnd("normal")))
-
-
-async def until(condition: Callable[[], Awaitable[bool]], timeout_s: float = 10.0) -> float:
-    """Poll ``condition`` until true (bounded); returns the seconds it took."""
-    start = time.monotonic()
-    while not await condition():
-        assert time.monotonic() - start < timeout_s, "condition not met in time"
-        await asyncio.sleep(0.02)
-    return time.monotonic() - start
 
 
 async def echoed_seqs(redis: aioredis.Redis, settings: Settings, call_id: str) -> list[int]:

@@ -74,14 +74,34 @@ def call_audio(speech_dir: Path) -> tuple[bytes, list[int]]:
     return compose(speech_dir, RATE)
 
 
-def offline(audio: bytes, rate: int = RATE) -> list[Event]:
-    core = Transcriber("offline", rate, pocketsphinx_factory)
+def in_frames(audio: bytes, rate: int = RATE, start_ms: int = 0) -> list[InFrame]:
+    """The frames a mixed call of ``audio`` publishes, stamped from ``start_ms``."""
     frame = rate // 50 * 2
-    frames = [
-        (f"{i + 1}-0", InFrame(i, 20 * i, "", 0, False, audio[i * frame : (i + 1) * frame]))
+    return [
+        InFrame(i, start_ms + 20 * i, "", 0, False, audio[i * frame : (i + 1) * frame])
         for i in range(len(audio) // frame)
     ]
+
+
+def offline(audio: bytes, rate: int = RATE) -> list[Event]:
+    core = Transcriber("offline", rate, pocketsphinx_factory)
+    frames = [(f"{f.seq + 1}-0", f) for f in in_frames(audio, rate)]
     return core.process(frames, ended=True)
+
+
+async def into_an_utterance(
+    redis: aioredis.Redis, events_key: str, heard_ms: int, timeout_s: float
+) -> None:
+    """Until an intermediate result says the worker has heard ``heard_ms`` of an utterance."""
+    await wait_for_entry(
+        redis,
+        events_key,
+        lambda f: (
+            f[b"type"] == TRANSCRIPT.encode()
+            and Event.from_fields(f).data["duration"] >= heard_ms * TICKS_PER_MS
+        ),
+        timeout_s,
+    )
 
 
 def finals(events: list[Event]) -> list[Event]:
@@ -152,22 +172,13 @@ async def test_a_call_handed_over_mid_utterance_is_transcribed_whole_once(
     decode, none is cut or missing, and no final id appears with two different texts."""
     audio, onsets = call_audio
     expected = finals(await asyncio.to_thread(offline, audio))
-    frames = [
-        InFrame(i, 1_700_000_000_000 + 20 * i, "", 0, False, audio[i * FRAME : (i + 1) * FRAME])
-        for i in range(len(audio) // FRAME)
-    ]
+    frames = in_frames(audio, start_ms=1_700_000_000_000)
     cut = (onsets[0] + 1500) // 20  # 1.5 s into the first sentence
     key = settings.keys.call_in("moved")
     await redis.xadd(
         settings.keys.calls,
         encode_call(CallStarted("moved", RATE, "mixed", int(time.time() * 1000), "test")),
     )
-
-    async def add(part: list[InFrame]) -> None:
-        async with redis.pipeline(transaction=False) as pipe:
-            for frame in part:
-                pipe.xadd(key, encode_in(frame))
-            await pipe.execute()
 
     def replica(name: str) -> WorkerRuntime:
         return WorkerRuntime(
@@ -180,20 +191,12 @@ async def test_a_call_handed_over_mid_utterance_is_transcribed_whole_once(
 
     a = replica("a")
     await a.__aenter__()
-    await add(frames[:cut])
+    await _add(redis, key, frames[:cut])
     # A is a second into the first utterance (its partial results say so), not at its end.
-    await wait_for_entry(
-        redis,
-        settings.keys.call_events("moved"),
-        lambda f: (
-            f[b"type"] == TRANSCRIPT.encode()
-            and Event.from_fields(f).data["duration"] >= 800 * TICKS_PER_MS
-        ),
-        20,
-    )
+    await into_an_utterance(redis, settings.keys.call_events("moved"), 800, 20)
     await a.aclose()
     async with replica("b") as b:
-        await add(frames[cut:])
+        await _add(redis, key, frames[cut:])
         await redis.xadd(key, encode_in(InEnd("normal")))
 
         async def taken() -> bool:
@@ -256,10 +259,7 @@ async def test_three_replicas_survive_a_sigkill_of_the_owner_mid_utterance(
     transcripts come out whole: each final once (by id), equal to the offline decode."""
     audio, onsets = call_audio
     expected = finals(await asyncio.to_thread(offline, audio))
-    frames = [
-        InFrame(i, 1_700_000_000_000 + 20 * i, "", 0, False, audio[i * FRAME : (i + 1) * FRAME])
-        for i in range(len(audio) // FRAME)
-    ]
+    frames = in_frames(audio, start_ms=1_700_000_000_000)
     cut = (onsets[0] + 1500) // 20
     key = settings.keys.call_in("killed")
     env = {**os.environ, "REDIS_URL": settings.redis_url, "CS_PREFIX": settings.prefix}
@@ -293,15 +293,7 @@ async def test_three_replicas_survive_a_sigkill_of_the_owner_mid_utterance(
             encode_call(CallStarted("killed", RATE, "mixed", int(time.time() * 1000), "test")),
         )
         await _add(redis, key, frames[:cut])
-        await wait_for_entry(
-            redis,
-            settings.keys.call_events("killed"),
-            lambda f: (
-                f[b"type"] == TRANSCRIPT.encode()
-                and Event.from_fields(f).data["duration"] >= 800 * TICKS_PER_MS
-            ),
-            30,
-        )
+        await into_an_utterance(redis, settings.keys.call_events("killed"), 800, 30)
         [pending] = await redis.xpending_range(settings.keys.calls, group, "-", "+", 10)
         owner = _text(pending["consumer"])
 
