@@ -173,7 +173,8 @@ class Publisher:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Publish what was handed over (each batch bounded by FLUSH_TIMEOUT_S), then stop."""
+        """Publish what was handed over, then stop (bounded: what Redis leaves unanswered for
+        FLUSH_TIMEOUT_S fails)."""
         await self.drain()
         self._closed = True
         if self._watchdog is not None:
