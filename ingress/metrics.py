@@ -71,6 +71,11 @@ class IngressMetrics:
             buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 5000),
             registry=registry,
         )
+        self.backlog = Gauge(
+            "callstream_ingress_backlog_bytes",
+            "Bytes of entries handed to the publisher and not yet acknowledged by Redis",
+            registry=registry,
+        )
         self.redis_up = Gauge(
             "callstream_ingress_redis_up",
             "1 when the last Redis health check answered",

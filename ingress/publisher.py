@@ -159,6 +159,7 @@ class Publisher:
         self._watchdog: asyncio.Task[None] | None = None
         self._closed = False
         self._sample_offset = 0  # where the latency sampling continues in the next batch
+        self.backlog_bytes = 0  # handed over and not yet answered (or failed)
 
     async def __aenter__(self) -> Publisher:
         self._watchdog = asyncio.create_task(self._watch(), name="publisher-watchdog")
@@ -200,6 +201,7 @@ class Publisher:
         metric."""
         commands = self._commands
         commands.append(command)
+        self.backlog_bytes += len(command)
         self._call_ids.append(call_id)
         self._received_at.append(received_at)
         if len(commands) >= MAX_BATCH:
@@ -297,6 +299,7 @@ class Publisher:
             i += need
             if len(batch.results) == len(batch.commands):
                 inflight.popleft()
+                self._release(batch)
                 self._completed(batch, done_at)
         self._check_idle()
 
@@ -347,6 +350,10 @@ class Publisher:
             if call_id:
                 self._on_failure(call_id, error)
 
+    def _release(self, batch: _Batch) -> None:
+        if batch.commands is not self._setup:
+            self.backlog_bytes -= sum(map(len, batch.commands))
+
     def _fail(self, batches: Iterable[_Batch], error: str) -> None:
         """Fail whole batches: one report for all of them."""
         calls: dict[str, str] = {}
@@ -354,6 +361,7 @@ class Publisher:
         for batch in batches:
             if batch.commands is self._setup:
                 continue
+            self._release(batch)
             count += len(batch.commands)
             calls.update(dict.fromkeys(batch.call_ids, error))
         calls.pop("", None)

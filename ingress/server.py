@@ -190,6 +190,8 @@ class Gateway:
                     flush_interval_s=self._settings.flush_interval_ms / 1000,
                 )
             )
+            publisher = self._publisher
+            self._metrics.backlog.set_function(lambda: publisher.backlog_bytes)
             self._egress = await self._stack.enter_async_context(
                 EgressHub(self._redis, self._settings, registry=self.registry)
             )
@@ -274,11 +276,13 @@ class Gateway:
         if path == "/healthz":
             return connection.respond(HTTPStatus.OK, "ok\n")
         if path == "/readyz":
-            if self._redis_ok:
-                return connection.respond(HTTPStatus.OK, "ready\n")
-            return connection.respond(
-                HTTPStatus.SERVICE_UNAVAILABLE, f"Redis unavailable: {self._redis_error}\n"
-            )
+            if not self._redis_ok:
+                return connection.respond(
+                    HTTPStatus.SERVICE_UNAVAILABLE, f"Redis unavailable: {self._redis_error}\n"
+                )
+            if overload := self._overloaded():
+                return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, f"{overload}\n")
+            return connection.respond(HTTPStatus.OK, "ready\n")
         if path == "/metrics":
             response = connection.respond(HTTPStatus.OK, generate_latest(self.registry).decode())
             response.headers["Content-Type"] = "text/plain; version=0.0.4; charset=utf-8"
@@ -312,7 +316,23 @@ class Gateway:
             return connection.respond(
                 HTTPStatus.SERVICE_UNAVAILABLE, f"event bus unavailable: {self._redis_error}\n"
             )
+        if overload := self._overloaded():  # more would only grow memory: protect the calls
+            self._metrics.rejects.labels("overloaded").inc()
+            log.warning("refused call %s: %s", target.call_id, overload)
+            return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, f"{overload}\n")
         return None
+
+    def _overloaded(self) -> str:
+        """Why the gateway takes no new call now ("" when it does): too much is waiting for
+        Redis (a slow Redis, or more calls than it absorbs)."""
+        assert self._publisher is not None
+        waiting = self._publisher.backlog_bytes
+        if waiting <= self._settings.max_backlog_bytes:
+            return ""
+        return (
+            f"gateway overloaded: {waiting / 2**20:.1f} MiB waiting for Redis "
+            f"(limit {self._settings.max_backlog_bytes / 2**20:.1f} MiB)"
+        )
 
     # ------------------------------------------------------------------ one call
 

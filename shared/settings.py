@@ -44,6 +44,7 @@ class Settings:
     calls_maxlen: int = 100_000
     call_ttl_s: int = 3600
     flush_interval_ms: float = 2.0
+    max_backlog_bytes: int = 64 * 1024 * 1024  # waiting for Redis: above it, new calls get 503
     log_level: str = "INFO"
 
     @property
@@ -80,6 +81,7 @@ class Settings:
             calls_maxlen=_int(env, "CS_CALLS_MAXLEN", defaults.calls_maxlen),
             call_ttl_s=_int(env, "CS_CALL_TTL_S", defaults.call_ttl_s),
             flush_interval_ms=_float(env, "CS_FLUSH_INTERVAL_MS", defaults.flush_interval_ms),
+            max_backlog_bytes=_int(env, "CS_MAX_BACKLOG_BYTES", defaults.max_backlog_bytes),
             log_level=(env.get("CS_LOG_LEVEL") or defaults.log_level).upper(),
         )
 

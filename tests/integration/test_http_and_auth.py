@@ -19,6 +19,7 @@ from pathlib import Path
 
 import jwt
 import pytest
+import redis.asyncio as aioredis
 from cryptography.hazmat.primitives.asymmetric import rsa
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
@@ -28,7 +29,7 @@ from ingress.publisher import FLUSH_TIMEOUT_S
 from ingress.server import Gateway
 from shared.errors import ConfigError
 from shared.settings import AuthSettings, Settings
-from tests.helpers import free_port, until
+from tests.helpers import free_port, until, xrange
 
 ISSUER = "https://acscallautomation.communication.azure.com"
 AUDIENCE = "acs-resource-id"
@@ -352,3 +353,40 @@ async def test_public_address_without_auth_refuses_to_start(settings: Settings) 
         Gateway(settings, host="0.0.0.0")
     async with Gateway(settings, host="0.0.0.0", allow_unauthenticated=True) as gateway:
         assert gateway.port > 0
+
+
+async def test_an_overloaded_gateway_refuses_new_calls_and_keeps_its_calls(
+    settings: Settings, redis: aioredis.Redis
+) -> None:
+    """Redis holds writes back (CLIENT PAUSE WRITE: the backlog grows, pings still answer):
+    past CS_MAX_BACKLOG_BYTES the gateway refuses new calls with 503 and says so in /readyz;
+    the call already streaming loses nothing; when Redis catches up, calls are accepted again."""
+    local = dataclasses.replace(settings, max_backlog_bytes=20_000)
+    async with Gateway(local) as gateway:
+        call = await streaming_call(gateway, "steady", seconds=4)
+        await redis.client_pause(3000, all=False)  # writes wait up to 3 s (< the 5 s timeout)
+        try:
+
+            async def backlogged() -> bool:
+                waiting = gateway.registry.get_sample_value("callstream_ingress_backlog_bytes")
+                return (waiting or 0) > 20_000
+
+            await until(backlogged)
+            status, body = await get(http_base(gateway) + "/readyz")
+            assert status == 503
+            assert body.startswith("gateway overloaded:")
+            [refused] = await simulate(gateway.url, [b"\x10\x00" * 1600], call_ids=["extra"])
+            assert refused.error is not None
+            assert refused.error.startswith("server refused the call: HTTP 503")
+            assert "gateway overloaded" in refused.error
+        finally:
+            await redis.client_unpause()
+        await wait_ready(gateway, 200)
+        [result] = await call
+        assert result.completed, result.error or result.close_reason
+        rejects = gateway.registry.get_sample_value(
+            "callstream_ingress_rejects_total", {"reason": "overloaded"}
+        )
+        assert rejects == 1
+    stored = [e for e in await xrange(redis, settings.keys.call_in("steady"))]
+    assert sum(fields[b"kind"] == b"audio" for _, fields in stored) == result.frames_sent
