@@ -26,6 +26,7 @@ CALL_STARTED = "call.started"
 CALL_ENDED = "call.ended"
 DTMF = "dtmf"
 PLAYBACK_MARK = "playback.mark"
+WORKER_FAILED = "worker.failed"
 
 
 def iso_time(epoch_ms: int) -> str:

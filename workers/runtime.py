@@ -10,6 +10,10 @@
   than three heartbeats: the calls of a replica that died, resumed at their checkpoint.
 * :meth:`WorkerRuntime.aclose` (SIGTERM) stops taking calls, saves checkpoints and marks its
   entries as long idle (``XCLAIM … IDLE``), so another replica takes them at its next claim.
+* A call whose processing failed (the handler raised, or its owner died) is retried by the next
+  replica to claim it, up to ``CS_WORKER_MAX_ATTEMPTS`` attempts: the entry's delivery count
+  minus the hand-backs, which are not failures. Then it is given up: acknowledged, counted, and
+  announced with a ``worker.failed`` event.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ from shared.entries import (
     parse_id,
     previous_id,
 )
+from shared.events import WORKER_FAILED, Event
 from shared.settings import Settings
 from workers.base import CallContext, CallHandler, HandlerFactory, ResumePoint
 
@@ -77,6 +82,12 @@ class RuntimeMetrics:
         self.entries = Counter(
             "callstream_worker_entries_total",
             "Inbound entries processed",
+            ["kind"],
+            registry=registry,
+        ).labels(kind)
+        self.abandoned = Counter(
+            "callstream_worker_calls_abandoned_total",
+            "Calls given up after CS_WORKER_MAX_ATTEMPTS failed attempts",
             ["kind"],
             registry=registry,
         ).labels(kind)
@@ -312,10 +323,17 @@ class WorkerRuntime:
             # A call whose streams have expired: nothing to serve.
             await self._redis.xack(self._keys.calls, self._group, entry_id)
             return
-        checkpoint = cast(
-            bytes | None,
-            await self._redis.hget(self._keys.checkpoint(self._kind, call_id), "entry_id"),
+        checkpoint, handbacks, error = cast(
+            list[bytes | None],
+            await self._redis.hmget(
+                self._keys.checkpoint(self._kind, call_id), ["entry_id", "handbacks", "error"]
+            ),
         )
+        if how == "failover":
+            attempt = await self._deliveries(entry_id) - int(handbacks or 0)
+            if attempt > self._settings.worker_max_attempts:
+                await self._abandon(entry_id, entry, attempt - 1, error)
+                return
         resume_from = checkpoint.decode() if checkpoint else None
         owned = _Owned(entry_id=entry_id, call=entry, last_id=resume_from or "0-0")
         self._calls[call_id] = owned
@@ -330,6 +348,48 @@ class WorkerRuntime:
             call_id,
             how,
             f", resuming after {resume_from}" if resume_from else "",
+        )
+
+    async def _deliveries(self, entry_id: str) -> int:
+        """How often the group has delivered this `started` entry (XREADGROUP, XAUTOCLAIM)."""
+        assert self._redis is not None
+        rows = await self._redis.xpending_range(
+            self._keys.calls, self._group, min=entry_id, max=entry_id, count=1
+        )
+        return int(rows[0]["times_delivered"]) if rows else 1
+
+    async def _abandon(
+        self, entry_id: str, call: CallStarted, attempts: int, error: bytes | None
+    ) -> None:
+        """Give a call up: its processing failed `attempts` times, retrying again would only
+        keep a replica busy failing."""
+        assert self._redis is not None
+        call_id = call.call_id
+        last_error = error.decode(errors="replace") if error else "its owner stopped answering"
+        event = Event(
+            f"{call_id}:{self._kind}:failed",
+            call_id,
+            WORKER_FAILED,
+            int(time.time() * 1000),
+            {"kind": self._kind, "attempts": attempts, "error": last_error},
+        )
+        settings = self._settings
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.xack(self._keys.calls, self._group, entry_id)
+            for key, maxlen in (
+                (self._keys.call_events(call_id), settings.events_maxlen),
+                (self._keys.insights, settings.insights_maxlen),
+            ):
+                pipe.xadd(key, event.fields(), maxlen=maxlen, approximate=True)
+            await pipe.execute()
+        self._metrics.abandoned.inc()
+        log.error(
+            "worker %s: gave up call %s after %d failed attempts (CS_WORKER_MAX_ATTEMPTS); "
+            "last error: %s",
+            self._kind,
+            call_id,
+            attempts,
+            last_error,
         )
 
     async def _heartbeat(self) -> None:
@@ -398,6 +458,9 @@ class WorkerRuntime:
             async with self._redis.pipeline(transaction=False) as pipe:
                 for item in owned:
                     self._queue_checkpoint(pipe, item)
+                    # The next owner's claim counts as a delivery; a hand-back is no failure.
+                    key = self._keys.checkpoint(self._kind, item.call.call_id)
+                    pipe.hincrby(key, "handbacks", 1)
                 pipe.xclaim(
                     self._keys.calls,
                     self._group,
@@ -416,6 +479,19 @@ class WorkerRuntime:
                 self._kind,
                 len(owned),
                 exc,
+            )
+
+    async def _record_failure(self, call_id: str, exc: Exception) -> None:
+        assert self._redis is not None
+        key = self._keys.checkpoint(self._kind, call_id)
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.hset(key, "error", f"{type(exc).__name__}: {exc}"[:300])
+                pipe.expire(key, self._settings.call_ttl_s)
+                await pipe.execute()
+        except (RedisError, OSError) as error:  # Redis itself may be why the call failed
+            log.warning(
+                "worker %s: could not record call %s's error: %s", self._kind, call_id, error
             )
 
     # ------------------------------------------------------------------ serving one call
@@ -470,10 +546,12 @@ class WorkerRuntime:
             log.info("worker %s: call %s done", self._kind, call_id)
         except asyncio.CancelledError:
             raise
-        except Exception:
-            # The call stays pending: after its idle timeout another replica retries it.
+        except Exception as exc:
+            # The call stays pending: after its idle timeout another replica retries it (up
+            # to CS_WORKER_MAX_ATTEMPTS times); the error is kept for the one that gives up.
             self._metrics.failed.inc()
             log.exception("worker %s: call %s failed", self._kind, call_id)
+            await self._record_failure(call_id, exc)
         finally:
             if handler is not None:
                 with contextlib.suppress(Exception):

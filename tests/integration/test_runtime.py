@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import functools
 import os
 import signal
 import sys
@@ -16,6 +18,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 import redis.asyncio as aioredis
+from prometheus_client import CollectorRegistry
 
 from shared.entries import (
     CallStarted,
@@ -26,7 +29,9 @@ from shared.entries import (
     encode_call,
     encode_in,
 )
+from shared.events import WORKER_FAILED
 from shared.settings import Settings
+from tests.helpers import events as read_events
 from tests.helpers import until, xrange
 from workers.base import CallContext, CallHandler
 from workers.echo import echo_factory
@@ -413,3 +418,88 @@ async def test_a_replica_that_lost_its_claim_stops_serving_the_call(
             settings.keys.calls, settings.keys.group("echo"), min="-", max="+", count=10
         )
         assert [row["consumer"] for row in rows] == [b"thief"]  # not claimed back
+
+
+# ------------------------------------------------------------------ giving up
+
+
+class Failing(Recorder):
+    """A handler that raises on every batch (a poison call)."""
+
+    attempts = 0
+
+    async def handle(self, batch: Sequence[tuple[str, InEntry]]) -> None:
+        Failing.attempts += 1
+        raise RuntimeError("cannot process this call")
+
+
+async def test_a_call_that_keeps_failing_is_given_up_and_the_others_go_on(
+    redis: aioredis.Redis, settings: Settings
+) -> None:
+    """The handler raises for one call: after CS_WORKER_MAX_ATTEMPTS attempts the call is
+    acknowledged, counted and announced with a worker.failed event carrying the last error,
+    instead of being retried for ever; the replica serves the other call meanwhile."""
+    local = dataclasses.replace(settings, worker_max_attempts=3)
+    registry = CollectorRegistry()
+    Failing.attempts = 0
+    good = echo_factory(0.0)
+
+    def factory(ctx: CallContext) -> CallHandler:
+        return Failing([]) if ctx.call.call_id == "poison" else good(ctx)
+
+    def abandoned() -> float:
+        value = registry.get_sample_value(
+            "callstream_worker_calls_abandoned_total", {"kind": "echo"}
+        )
+        return value or 0.0
+
+    async with WorkerRuntime(
+        local, "echo", factory, consumer="a", heartbeat_s=HEARTBEAT_S, registry=registry
+    ):
+        await start_call(redis, local, "poison")
+        await add_frames(redis, local, "poison", 0, 5)
+        await start_call(redis, local, "fine")
+        await add_frames(redis, local, "fine", 0, 20)
+        await end_call(redis, local, "fine")
+
+        async def given_up() -> bool:
+            return abandoned() == 1
+
+        await until(given_up, timeout_s=30)
+        assert not await redis.xpending_range(
+            local.keys.calls, local.keys.group("echo"), min="-", max="+", count=10
+        )
+    assert Failing.attempts == 3
+    [failed] = [e for e in await read_events(redis, local.keys.call_events("poison"))]
+    assert failed.type == WORKER_FAILED
+    assert failed.data == {
+        "kind": "echo",
+        "attempts": 3,
+        "error": "RuntimeError: cannot process this call",
+    }
+    assert failed.id in {e.id for e in await read_events(redis, local.keys.insights)}
+    assert await echoed_seqs(redis, local, "fine") == list(range(20))
+
+
+async def test_hand_backs_are_not_failed_attempts(
+    redis: aioredis.Redis, settings: Settings
+) -> None:
+    """With one attempt allowed, a call handed back twice (two rolling restarts) is still
+    served: hand-backs do not count against CS_WORKER_MAX_ATTEMPTS."""
+    local = dataclasses.replace(settings, worker_max_attempts=1)
+    seen: list[str] = []
+    await start_call(redis, local, "rolled")
+    for served, name in enumerate(("a", "b"), start=1):
+        replica = runtime(local, name, factory=recorder_factory(seen))
+        await replica.__aenter__()
+        await until(functools.partial(_owned_by, replica, "rolled"))
+        await add_frames(redis, local, "rolled", len(seen), 10)
+        await until(functools.partial(_seen_at_least, seen, 10 * served))
+        await replica.aclose()  # SIGTERM: hand back
+    async with runtime(local, "c", factory=recorder_factory(seen)) as c:
+        await until(lambda: _owned_by(c, "rolled"))
+        await end_call(redis, local, "rolled")
+        await until(lambda: _not_owned(c, "rolled"))
+    assert not await read_events(redis, local.keys.call_events("rolled"))
+    ids = [entry_id for entry_id, _ in await xrange(redis, local.keys.call_in("rolled"))]
+    assert seen == [i.decode() for i in ids]

@@ -251,12 +251,17 @@ async def test_an_unmixed_call_attributes_each_utterance_to_its_speaker(
     assert got == want
 
 
-async def test_three_replicas_survive_a_sigkill_of_the_owner_mid_utterance(
-    settings: Settings, redis: aioredis.Redis, call_audio: tuple[bytes, list[int]]
+@pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGTERM], ids=["sigkill", "sigterm"])
+async def test_three_replicas_survive_the_owner_stopping_mid_utterance(
+    settings: Settings,
+    redis: aioredis.Redis,
+    call_audio: tuple[bytes, list[int]],
+    stop: signal.Signals,
 ) -> None:
-    """Three `callstream worker transcribe` processes; the one that owns the call is killed
-    with SIGKILL 1.5 s into a sentence. Another takes the call over within 5 s and the
-    transcripts come out whole: each final once (by id), equal to the offline decode."""
+    """Three `callstream worker transcribe` processes; the one that owns the call gets SIGKILL
+    (or SIGTERM, and then exits 0) 1.5 s into a sentence. Another takes the call over within
+    5 s and the transcripts come out whole: each final once (by id), equal to the offline
+    decode."""
     audio, onsets = call_audio
     expected = finals(await asyncio.to_thread(offline, audio))
     frames = in_frames(audio, start_ms=1_700_000_000_000)
@@ -302,9 +307,11 @@ async def test_three_replicas_survive_a_sigkill_of_the_owner_mid_utterance(
             return ckpt.get(b"owner") == owner.encode() and ckpt.get(b"entry_id") != b"0-0"
 
         await until(checkpointed)
-        replicas[owner].send_signal(signal.SIGKILL)
-        await replicas[owner].wait()
         killed_at = time.monotonic()
+        replicas[owner].send_signal(stop)
+        async with asyncio.timeout(10):  # SIGTERM: hand back, then exit 0 within a bound
+            code = await replicas[owner].wait()
+        assert code == (0 if stop == signal.SIGTERM else -signal.SIGKILL)
 
         async def taken_over() -> bool:
             rows = await redis.xpending_range(settings.keys.calls, group, "-", "+", 10)

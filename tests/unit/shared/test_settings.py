@@ -23,6 +23,8 @@ def test_environment_overrides_defaults() -> None:
             "CS_FLUSH_INTERVAL_MS": "0.5",
             "CS_IN_STREAM_MAXLEN": "10",
             "CS_LOG_LEVEL": "debug",
+            "CS_MAX_BACKLOG_BYTES": "1000",
+            "CS_WORKER_MAX_ATTEMPTS": "2",
         }
     )
     assert settings.redis_url == "redis://r:1/2"
@@ -30,6 +32,8 @@ def test_environment_overrides_defaults() -> None:
     assert settings.flush_interval_ms == 0.5
     assert settings.in_stream_maxlen == 10
     assert settings.log_level == "DEBUG"
+    assert settings.max_backlog_bytes == 1000
+    assert settings.worker_max_attempts == 2
 
 
 @pytest.mark.parametrize(
