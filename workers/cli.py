@@ -14,6 +14,9 @@ import signal
 from collections.abc import Callable
 from typing import Any
 
+from prometheus_client import CollectorRegistry, start_http_server
+
+from shared.errors import ConfigError
 from shared.settings import Settings
 from workers.base import HandlerFactory
 from workers.echo import echo_factory
@@ -33,20 +36,35 @@ async def serve(
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    async with WorkerRuntime(
-        settings,
-        kind,
-        factory,
-        max_calls=args.max_calls,
-        consumer=args.consumer,
-        heartbeat_s=args.heartbeat_s,
-    ) as runtime:
-        stopped = asyncio.create_task(stop.wait())
-        crashed = asyncio.create_task(runtime.wait_closed())
-        await asyncio.wait({stopped, crashed}, return_when=asyncio.FIRST_COMPLETED)
-        stopped.cancel()
-        crashed.cancel()
-        log.info("worker %s: stopping, handing back %d calls", kind, len(runtime.owned))
+    registry = CollectorRegistry()
+    metrics_server = None
+    if args.metrics_port is not None:
+        # prometheus_client's own server, in its thread: scrapes never wait for the event loop.
+        try:
+            metrics_server, _ = start_http_server(args.metrics_port, args.metrics_host, registry)
+        except OSError as exc:
+            raise ConfigError(f"cannot serve metrics on port {args.metrics_port}: {exc}") from None
+        log.info("metrics on http://%s:%d/metrics", args.metrics_host, args.metrics_port)
+    try:
+        async with WorkerRuntime(
+            settings,
+            kind,
+            factory,
+            max_calls=args.max_calls,
+            consumer=args.consumer,
+            heartbeat_s=args.heartbeat_s,
+            registry=registry,
+        ) as runtime:
+            stopped = asyncio.create_task(stop.wait())
+            crashed = asyncio.create_task(runtime.wait_closed())
+            await asyncio.wait({stopped, crashed}, return_when=asyncio.FIRST_COMPLETED)
+            stopped.cancel()
+            crashed.cancel()
+            log.info("worker %s: stopping, handing back %d calls", kind, len(runtime.owned))
+    finally:
+        if metrics_server is not None:
+            metrics_server.shutdown()
+            metrics_server.server_close()
     return 0
 
 
@@ -68,6 +86,15 @@ def _common(parser: argparse.ArgumentParser, max_calls: int) -> None:
     )
     parser.add_argument(
         "--consumer", default=None, help="consumer name in the group (default hostname-pid)"
+    )
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        help="serve Prometheus metrics on this port (default: not served)",
+    )
+    parser.add_argument(
+        "--metrics-host", default="0.0.0.0", help="address of the metrics port (default 0.0.0.0)"
     )
     parser.add_argument(
         "--heartbeat-s",

@@ -30,7 +30,7 @@ from types import TracebackType
 from typing import cast
 
 import redis.asyncio as aioredis
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from redis.exceptions import RedisError, ResponseError
 from redis.typing import StreamIdT
 
@@ -95,6 +95,14 @@ class RuntimeMetrics:
             "callstream_worker_calls_lost_total",
             "Calls another replica took over from this one",
             ["kind"],
+            registry=registry,
+        ).labels(kind)
+        self.delay = Histogram(
+            "callstream_worker_delay_seconds",
+            "Inbound entry published (its stream id's time) -> handed to the handler, per batch "
+            "(its oldest entry): grows without bound when a replica is slower than real time",
+            ["kind"],
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
             registry=registry,
         ).labels(kind)
         self.redis_errors = Counter(
@@ -532,6 +540,10 @@ class WorkerRuntime:
                         finished = True
                         break
                 if batch:
+                    # Stream ids carry Redis's clock: the figure includes the clock offset
+                    # between this host and Redis's (NTP keeps it to milliseconds).
+                    published_ms = parse_id(batch[0][0])[0]
+                    self._metrics.delay.observe(max(0.0, time.time() - published_ms / 1000))
                     await handler.handle(batch)
                     self._metrics.entries.inc(len(batch))
                 owned.last_id = batch[-1][0] if batch else reply[0][1][-1][0].decode()

@@ -32,7 +32,7 @@ from shared.entries import (
 from shared.events import WORKER_FAILED
 from shared.settings import Settings
 from tests.helpers import events as read_events
-from tests.helpers import until, xrange
+from tests.helpers import free_port, until, xrange
 from workers.base import CallContext, CallHandler
 from workers.echo import echo_factory
 from workers.runtime import WorkerRuntime
@@ -92,6 +92,7 @@ def runtime(
     max_calls: int = 10,
     factory: Any = None,
     heartbeat_s: float = HEARTBEAT_S,
+    registry: CollectorRegistry | None = None,
 ) -> WorkerRuntime:
     return WorkerRuntime(
         settings,
@@ -100,6 +101,7 @@ def runtime(
         max_calls=max_calls,
         consumer=consumer,
         heartbeat_s=heartbeat_s,
+        registry=registry,
     )
 
 
@@ -364,8 +366,9 @@ async def test_a_killed_replica_calls_are_taken_over_and_resumed(
     assert seqs[-50:] == list(range(50, 100))
 
 
-async def test_the_cli_worker_exits_0_on_sigterm(settings: Settings) -> None:
+async def test_the_cli_worker_serves_metrics_and_exits_0_on_sigterm(settings: Settings) -> None:
     env = {**os.environ, "REDIS_URL": settings.redis_url, "CS_PREFIX": settings.prefix}
+    port = free_port()
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -374,6 +377,10 @@ async def test_the_cli_worker_exits_0_on_sigterm(settings: Settings) -> None:
         "echo",
         "--heartbeat-s",
         "0.1",
+        "--metrics-port",
+        str(port),
+        "--metrics-host",
+        "127.0.0.1",
         env=env,
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,
@@ -382,6 +389,12 @@ async def test_the_cli_worker_exits_0_on_sigterm(settings: Settings) -> None:
     async with asyncio.timeout(20):
         while b"serving up to" not in await proc.stderr.readline():
             pass
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        response = (await reader.read()).decode()
+        writer.close()
+        assert response.startswith("HTTP/1.0 200")
+        assert 'callstream_worker_calls_owned{kind="echo"} 0.0' in response
         proc.send_signal(signal.SIGTERM)
         assert await proc.wait() == 0
 
@@ -503,3 +516,34 @@ async def test_hand_backs_are_not_failed_attempts(
     assert not await read_events(redis, local.keys.call_events("rolled"))
     ids = [entry_id for entry_id, _ in await xrange(redis, local.keys.call_in("rolled"))]
     assert seen == [i.decode() for i in ids]
+
+
+async def test_the_delay_metric_shows_how_long_entries_waited(
+    redis: aioredis.Redis, settings: Settings
+) -> None:
+    """callstream_worker_delay_seconds: entries published 5 s before the replica reads them
+    (as when it is slower than real time) are seen as 5 s late; fresh ones as on time."""
+    registry = CollectorRegistry()
+
+    def sample(name: str, le: str | None = None) -> float:
+        labels = {"kind": "echo"} | ({"le": le} if le else {})
+        return registry.get_sample_value(f"callstream_worker_delay_seconds_{name}", labels) or 0
+
+    key = settings.keys.call_in("late")
+    five_s_ago = int(time.time() * 1000) - 5000
+    for seq in range(3):
+        frame = InFrame(seq, five_s_ago, "", 0, False, bytes(640))
+        await redis.xadd(key, encode_in(frame), id=f"{five_s_ago}-{seq}")
+    async with runtime(settings, "a", registry=registry):
+        await start_call(redis, settings, "late")
+
+        async def observed(count: int) -> bool:
+            return sample("count") >= count
+
+        await until(functools.partial(observed, 1))
+        assert sample("count") == 1  # one batch
+        assert sample("bucket", "2.5") == 0
+        assert sample("bucket", "10.0") == 1
+        await add_frames(redis, settings, "late", 3, 1)
+        await until(functools.partial(observed, 2))
+        assert sample("bucket", "1.0") == 1  # the fresh frame was not late
