@@ -56,6 +56,8 @@ log = logging.getLogger(__name__)
 READ_COUNT = 100  # inbound entries per read
 MIN_TAKEOVER_IDLE_S = 1.0
 READ_TIMEOUT_MARGIN_S = 5.0  # a blocking read not answered this long after its BLOCK fails
+POOL_SPARE_CONNECTIONS = 8  # beyond two per call: claim loop, heartbeat, hand-back
+IDLE_END_REASON = "inbound_idle"  # the `end` a handler gets when its call's inbound went quiet
 HANDBACK_IDLE_MS = 10**9  # "idle for 11 days": any replica's XAUTOCLAIM takes it at once
 
 
@@ -183,11 +185,19 @@ class WorkerRuntime:
         # which on Python 3.11 can swallow a cancellation that lands as the send completes (a
         # replica then kept serving a call it had handed back). Blocking reads are bounded by
         # the server (BLOCK) and by ``asyncio.timeout`` here instead.
-        self._redis = aioredis.Redis.from_url(
+        #
+        # Connections: each owned call keeps one blocked in XREAD, its handler writes on
+        # another, and the claim loop blocks on one more. redis-py's default pool raises "Too
+        # many connections" past 100, which failed calls of a replica serving 50 or more; the
+        # pool is sized for --max-calls, and a request beyond it waits for a free connection.
+        pool = aioredis.BlockingConnectionPool.from_url(
             self._settings.redis_url,
+            max_connections=2 * self._max_calls + POOL_SPARE_CONNECTIONS,
+            timeout=READ_TIMEOUT_MARGIN_S,
             socket_timeout=None,
             client_name=f"callstream-worker-{self._kind}-{self.consumer}",
         )
+        self._redis = aioredis.Redis.from_pool(pool)
         try:
             await self._redis.xgroup_create(self._keys.calls, self._group, id="0", mkstream=True)
         except ResponseError as exc:
@@ -515,6 +525,8 @@ class WorkerRuntime:
             handler = self._factory(CallContext(owned.call, redis, self._settings, resume_from))
             owned.handler = handler
             block_ms = int(self._heartbeat_s * 1000)
+            idle_timeout_s = self._settings.call_idle_timeout_s
+            heard_at = time.monotonic()
             while not finished:
                 if self._stopping:
                     return  # handed back by aclose, from owned.last_id
@@ -524,10 +536,21 @@ class WorkerRuntime:
                         await redis.xread({key: owned.last_id}, count=READ_COUNT, block=block_ms),
                     )
                 if not reply:
-                    if not await redis.exists(key):
-                        log.warning("call %s: inbound stream is gone; ending", call_id)
+                    # A call streams 50 frames a second (silent ones too) until its `end`
+                    # entry; nothing at all for this long means the gateway that had it is
+                    # gone (or its stream expired): end it, or it would hold capacity for ever.
+                    # (Nothing *yet* is normal: the first frame may follow `started`.)
+                    if time.monotonic() - heard_at > idle_timeout_s:
+                        log.warning(
+                            "call %s: no inbound entry for %.0f s (CS_CALL_IDLE_TIMEOUT_S); "
+                            "ending it",
+                            call_id,
+                            idle_timeout_s,
+                        )
+                        await handler.handle([(owned.last_id, InEnd(IDLE_END_REASON))])
                         finished = True
                     continue
+                heard_at = time.monotonic()
                 batch: list[tuple[str, InEntry]] = []
                 for entry_id, fields in reply[0][1]:
                     try:

@@ -155,6 +155,35 @@ async def test_two_calls_are_isolated(redis: aioredis.Redis, settings: Settings)
     assert await echoed_seqs(redis, settings, "y") == list(range(1000, 1020))
 
 
+async def test_one_replica_serves_more_calls_than_a_default_redis_pool_holds(
+    redis: aioredis.Redis, settings: Settings
+) -> None:
+    """Each owned call keeps a connection blocked in XREAD and its handler writes on others:
+    150 calls on one replica (redis-py's default pool stops at 100 connections) are all
+    echoed, none failed."""
+    registry = CollectorRegistry()
+    calls = [f"many{i}" for i in range(150)]
+    async with runtime(settings, "a", max_calls=len(calls), registry=registry) as worker:
+        for call_id in calls:
+            await start_call(redis, settings, call_id)
+
+        async def all_owned() -> bool:
+            return len(worker.owned) == len(calls)
+
+        await until(all_owned, timeout_s=30)
+        for call_id in calls:
+            await add_frames(redis, settings, call_id, 0, 5)
+            await end_call(redis, settings, call_id)
+
+        async def all_done() -> bool:
+            return not worker.owned
+
+        await until(all_done, timeout_s=60)
+    assert registry.get_sample_value("callstream_worker_calls_failed_total", {"kind": "echo"}) == 0
+    for call_id in calls:
+        assert await echoed_seqs(redis, settings, call_id) == list(range(5))
+
+
 # ------------------------------------------------------------------ ownership and capacity
 
 
@@ -547,3 +576,51 @@ async def test_the_delay_metric_shows_how_long_entries_waited(
         await add_frames(redis, settings, "late", 3, 1)
         await until(functools.partial(observed, 2))
         assert sample("bucket", "1.0") == 1  # the fresh frame was not late
+
+
+# ------------------------------------------------------------------ a quiet inbound
+
+
+async def test_a_call_whose_inbound_goes_quiet_is_ended_after_the_idle_timeout(
+    redis: aioredis.Redis, settings: Settings
+) -> None:
+    """The gateway that had the call died: no more frames, and no `end` entry will come.
+    After CS_CALL_IDLE_TIMEOUT_S the owner ends the call (the handler gets an `end`), so the
+    replica's capacity is not held for ever."""
+    local = dataclasses.replace(settings, call_idle_timeout_s=0.5)
+    registry = CollectorRegistry()
+    async with runtime(local, "a", registry=registry) as worker:
+        await start_call(redis, local, "orphan")
+        await add_frames(redis, local, "orphan", 0, 5)
+        await until(functools.partial(_owned_by, worker, "orphan"))
+        await until(functools.partial(_not_owned, worker, "orphan"))
+    finished = registry.get_sample_value("callstream_worker_calls_finished_total", {"kind": "echo"})
+    assert finished == 1
+    assert await echoed_seqs(redis, local, "orphan") == list(range(5))
+    assert (await group_info(redis, local, "echo"))["pending"] == 0
+
+
+async def test_a_call_whose_first_frame_comes_late_is_served(
+    redis: aioredis.Redis, settings: Settings
+) -> None:
+    """`started` may come before the first frame (the mode was given in the URL): the owner
+    reads the not-yet-existing stream again and again and waits for it."""
+    async with runtime(settings, "a") as worker:
+        await start_call(redis, settings, "late")
+        await until(functools.partial(_owned_by, worker, "late"))
+        reads = await _xread_calls(redis)
+
+        async def read_empty_several_times() -> bool:
+            return await _xread_calls(redis) >= reads + 5
+
+        await until(read_empty_several_times)
+        assert "late" in worker.owned
+        await add_frames(redis, settings, "late", 0, 5)
+        await end_call(redis, settings, "late")
+        await until(functools.partial(_not_owned, worker, "late"))
+    assert await echoed_seqs(redis, settings, "late") == list(range(5))
+
+
+async def _xread_calls(redis: aioredis.Redis) -> int:
+    stats = await redis.info("commandstats")
+    return int(stats.get("cmdstat_xread", {}).get("calls", 0))
