@@ -198,11 +198,7 @@ class WorkerRuntime:
             client_name=f"callstream-worker-{self._kind}-{self.consumer}",
         )
         self._redis = aioredis.Redis.from_pool(pool)
-        try:
-            await self._redis.xgroup_create(self._keys.calls, self._group, id="0", mkstream=True)
-        except ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
+        await self._create_group()
         self._main = asyncio.create_task(self._claim_loop(), name=f"worker-{self._kind}")
         log.info(
             "worker %s (%s) serving up to %d calls", self._kind, self.consumer, self._max_calls
@@ -252,6 +248,16 @@ class WorkerRuntime:
         """Wait until the claim loop ends (it only ends on aclose or a fatal error)."""
         if self._main is not None:
             await asyncio.shield(self._main)
+
+    async def _create_group(self) -> None:
+        """The kind's group, from the start of `cs:calls` (a replica started after a call
+        began still finds it); another replica may have made it first."""
+        assert self._redis is not None
+        try:
+            await self._redis.xgroup_create(self._keys.calls, self._group, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
 
     # ------------------------------------------------------------------ claiming
 
@@ -312,9 +318,24 @@ class WorkerRuntime:
                 backoff_s = 0.1
             except (RedisError, OSError) as exc:  # OSError includes TimeoutError
                 self._metrics.redis_errors.inc()
-                log.warning(
-                    "worker %s: Redis error (%s); retrying in %.1f s", self._kind, exc, backoff_s
-                )
+                if isinstance(exc, ResponseError) and str(exc).startswith("NOGROUP"):
+                    # cs:calls, and the group with it, is gone: Redis lost its data (a
+                    # restart without persistence) or the key was deleted. Without the group
+                    # this replica would never take a call again.
+                    log.warning(
+                        "worker %s: its consumer group is gone (Redis lost its data?); "
+                        "recreating it",
+                        self._kind,
+                    )
+                    with contextlib.suppress(RedisError, OSError):  # else: at the next error
+                        await self._create_group()
+                else:
+                    log.warning(
+                        "worker %s: Redis error (%s); retrying in %.1f s",
+                        self._kind,
+                        exc,
+                        backoff_s,
+                    )
                 await asyncio.sleep(backoff_s)
                 backoff_s = min(2.0, backoff_s * 2)
 

@@ -624,3 +624,20 @@ async def test_a_call_whose_first_frame_comes_late_is_served(
 async def _xread_calls(redis: aioredis.Redis) -> int:
     stats = await redis.info("commandstats")
     return int(stats.get("cmdstat_xread", {}).get("calls", 0))
+
+
+async def test_a_replica_recreates_its_group_when_redis_lost_its_data(
+    redis: aioredis.Redis, settings: Settings
+) -> None:
+    """cs:calls and the group vanish (a Redis restart without persistence, as clients see it):
+    the replica recreates its group and serves the calls started afterwards."""
+    async with runtime(settings, "a") as worker:
+        await start_call(redis, settings, "before")
+        await until(functools.partial(_owned_by, worker, "before"))
+        await redis.delete(settings.keys.calls)
+        await start_call(redis, settings, "after")
+        await until(functools.partial(_owned_by, worker, "after"))
+        await add_frames(redis, settings, "after", 0, 5)
+        await end_call(redis, settings, "after")
+        await until(functools.partial(_not_owned, worker, "after"))
+    assert await echoed_seqs(redis, settings, "after") == list(range(5))
