@@ -1,9 +1,12 @@
 """``callstream demo``: one call through the whole pipeline on an embedded default.
 
-Uses the Redis at ``REDIS_URL`` or starts a private ``redis-server``; runs a gateway and an echo
-worker in this process (the same classes ``callstream gateway`` and ``callstream worker echo``
-run); places an emulated ACS call with two synthetic talkers; checks that the audio played back
-into the call is exactly the audio that was sent; writes the input, the recording and a report.
+Uses the Redis at ``REDIS_URL`` or starts a private ``redis-server``; runs a gateway, an echo
+worker and a transcription worker in this process (the same classes ``callstream gateway`` and
+``callstream worker echo|transcribe`` run); places an emulated ACS call in which a caller and an
+agent, spoken by flite, take turns; prints the transcripts as they arrive; checks that the audio
+played back into the call is exactly the speech that was sent and that every utterance was
+transcribed; writes the input, the recording and a report. Without flite the talkers are
+synthetic and nothing is transcribed.
 """
 
 from __future__ import annotations
@@ -13,19 +16,27 @@ import asyncio
 import contextlib
 import dataclasses
 import json
+import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
+import redis.asyncio as aioredis
 
 from callstream.emulator.wav import write_wav
 from callstream.localredis import ensure_redis
-from callstream.simulate import CallResult, simulate
+from callstream.simulate import CallResult, participant_ids, simulate
+from callstream.speech import flite_available, speak
 from ingress.server import Gateway
 from shared.audio import Mode, chunk, frame_bytes_for, is_silent, mix
+from shared.entries import StreamEntries, XReadReply
+from shared.events import DTMF, Event
 from shared.settings import Settings
 from workers.echo import echo_factory
 from workers.runtime import WorkerRuntime
+from workers.stt.pocketsphinx_engine import pocketsphinx_factory
+from workers.stt.transcript import TICKS_PER_MS, TRANSCRIPT
+from workers.transcribe import transcribe_factory
 
 
 def synth_talker(
@@ -60,35 +71,126 @@ def speech_frames(pcm: bytes, rate_hz: int) -> list[bytes]:
     return [f for f in chunk(pcm, frame_bytes_for(rate_hz)) if not is_silent(f)]
 
 
+# The demo's conversation: a caller and an agent take turns, one sentence each.
+CONVERSATION = (  # (name, text, flite voice)
+    ("caller", "hello i would like to check the balance of my account", "slt"),
+    ("agent", "please hold while i transfer you to the billing department", "rms"),
+)
+
+
+def spoken_talkers(rate_hz: int) -> list[bytes]:
+    """The conversation read by flite: one track per participant, silent while the other
+    speaks (0.5 s lead, 0.8 s between turns, 1 s tail)."""
+    clips = [speak(text, rate_hz, voice=voice) for _, text, voice in CONVERSATION]
+    lead, gap, tail = (int(rate_hz * s) * 2 for s in (0.5, 0.8, 1.0))
+    total = lead + sum(len(c) for c in clips) + gap * (len(clips) - 1) + tail
+    tracks, at = [], lead
+    for clip in clips:
+        tracks.append(bytes(at) + clip + bytes(total - at - len(clip)))
+        at += len(clip) + gap
+    return tracks
+
+
+@dataclasses.dataclass
+class DemoCall:
+    result: CallResult
+    events: list[Event]  # the call's events stream, in order
+
+
 async def place_demo_call(
-    settings: Settings, talkers: list[bytes], *, rate_hz: int, mode: Mode
-) -> CallResult:
-    """Run Redis (if needed), a gateway and an echo worker, and place one emulated call."""
-    async with ensure_redis(settings.redis_url) as url:
+    settings: Settings, talkers: list[bytes], *, rate_hz: int, mode: Mode, transcribe: bool
+) -> DemoCall:
+    """Run Redis (if needed), a gateway, an echo worker and (``transcribe``) a transcription
+    worker, and place one emulated call; its transcripts are printed as they arrive."""
+    async with ensure_redis(settings.redis_url) as url, contextlib.AsyncExitStack() as stack:
         settings = dataclasses.replace(settings, redis_url=url)
         print(f"Redis:   {url}")
-        async with (
-            Gateway(settings) as gateway,
-            WorkerRuntime(settings, "echo", echo_factory(0.0), max_calls=4) as worker,
-        ):
-            print(f"Gateway: {gateway.url}  (+ egress, echo worker)")
-            print(f"Calling: {mode} {rate_hz} Hz, {len(talkers)} participants")
-            results = await simulate(
-                gateway.url, talkers, rate_hz=rate_hz, mode=mode, dtmf=[("42#", 1.0)]
+        gateway = await stack.enter_async_context(Gateway(settings))
+        workers = [
+            await stack.enter_async_context(
+                WorkerRuntime(settings, "echo", echo_factory(0.0), max_calls=4)
             )
-            # Let the worker see the call's end before everything shuts down.
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(5):
+        ]
+        if transcribe:
+            workers.append(
+                await stack.enter_async_context(
+                    WorkerRuntime(
+                        settings,
+                        "transcribe",
+                        transcribe_factory(pocketsphinx_factory),
+                        max_calls=4,
+                    )
+                )
+            )
+        kinds = " and ".join(f"{w.kind} worker" for w in workers)
+        print(f"Gateway: {gateway.url}  (+ egress, {kinds})")
+        print(f"Calling: {mode} {rate_hz} Hz, {len(talkers)} participants\n")
+        redis = aioredis.Redis.from_url(url, socket_timeout=None)
+        stack.push_async_callback(redis.aclose)
+        call_id = f"demo-{uuid.uuid4()}"
+        events_key = settings.keys.call_events(call_id)
+        stop = asyncio.Event()
+        printer = asyncio.create_task(_print_events(redis, events_key, stop))
+        results = await simulate(
+            gateway.url,
+            talkers,
+            rate_hz=rate_hz,
+            mode=mode,
+            dtmf=[("42#", 1.0)],
+            call_ids=[call_id],
+        )
+        # Let the workers process the call to its end before everything shuts down.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(10):
+                for worker in workers:
                     await worker.wait_idle()
-    return results[0]
+        stop.set()
+        await printer
+        entries = cast(StreamEntries, await redis.xrange(events_key))
+    return DemoCall(results[0], [Event.from_fields(fields) for _, fields in entries])
+
+
+async def _print_events(redis: aioredis.Redis, key: str, stop: asyncio.Event) -> None:
+    """Print the call's final transcripts and DTMF tones as they are published."""
+    names = _names()
+    last = b"0-0"
+    while not stop.is_set():
+        reply = cast(XReadReply, await redis.xread({key: last}, block=100))
+        for _, entries in reply or ():
+            for entry_id, fields in entries:
+                last = entry_id
+                event = Event.from_fields(fields)
+                if event.type == DTMF:
+                    print(f"  dtmf     {event.data['tone']}")
+                elif _is_final(event):
+                    who = names.get(event.data.get("participantRawID") or "", "call")
+                    print(f"  heard    {who}: {event.data['text']}")
+
+
+def _names() -> dict[str, str]:
+    """The emulator's participantRawID of each participant → its name in the conversation."""
+    ids = participant_ids(len(CONVERSATION))
+    return {raw_id: name for raw_id, (name, _, _) in zip(ids, CONVERSATION, strict=True)}
+
+
+def _is_final(event: Event) -> bool:
+    return event.type == TRANSCRIPT and event.data.get("resultStatus") == "Final"
 
 
 def run_demo(settings: Settings, *, rate_hz: int, mode: Mode, seconds: float, out_dir: Path) -> int:
-    talkers = [
-        synth_talker(rate_hz, seconds, (0.2, seconds * 0.45), 140.0, seed=1),
-        synth_talker(rate_hz, seconds, (seconds * 0.5, seconds - 0.3), 220.0, seed=2),
-    ]
-    result = asyncio.run(place_demo_call(settings, talkers, rate_hz=rate_hz, mode=mode))
+    spoken = flite_available()
+    if spoken:
+        talkers = spoken_talkers(rate_hz)
+    else:
+        print("flite is not installed: synthetic talkers, no transcription (./dev installs it)")
+        talkers = [
+            synth_talker(rate_hz, seconds, (0.2, seconds * 0.45), 140.0, seed=1),
+            synth_talker(rate_hz, seconds, (seconds * 0.5, seconds - 0.3), 220.0, seed=2),
+        ]
+    demo = asyncio.run(
+        place_demo_call(settings, talkers, rate_hz=rate_hz, mode=mode, transcribe=spoken)
+    )
+    result = demo.result
     # Echo plays back every speech frame it receives, in arrival order.
     if mode == "mixed":
         sent = speech_frames(mix(talkers), rate_hz)
@@ -101,6 +203,23 @@ def run_demo(settings: Settings, *, rate_hz: int, mode: Mode, seconds: float, ou
     p50, p99 = (
         np.percentile(result.latencies_ms, [50, 99]) if result.latencies_ms else (np.nan, np.nan)
     )
+    names = _names()
+    transcripts = [
+        {
+            "participant": names.get(e.data.get("participantRawID") or "", "call"),
+            "offset_s": e.data["offset"] / TICKS_PER_MS / 1000,
+            "text": e.data["text"],
+            "confidence": e.data["confidence"],
+        }
+        for e in demo.events
+        if _is_final(e)
+    ]
+    if not spoken:
+        heard_everyone = True
+    elif mode == "unmixed":  # each participant's stream is recognised on its own
+        heard_everyone = {t["participant"] for t in transcripts} == {n for n, _, _ in CONVERSATION}
+    else:
+        heard_everyone = len(transcripts) >= len(CONVERSATION)
     report: dict[str, Any] = {
         "call_id": result.call_id,
         "frames_sent": result.frames_sent,
@@ -110,6 +229,8 @@ def run_demo(settings: Settings, *, rate_hz: int, mode: Mode, seconds: float, ou
         "played_equals_sent": played == sent,
         "echo_latency_ms": {"p50": float(p50), "p99": float(p99)},
         "close_code": result.close_code,
+        "said": [{"participant": n, "text": t} for n, t, _ in CONVERSATION] if spoken else [],
+        "transcripts": transcripts,
     }
     (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     print(
@@ -117,10 +238,20 @@ def run_demo(settings: Settings, *, rate_hz: int, mode: Mode, seconds: float, ou
         f"the echo worker played back {len(played)} speech frames.\n"
         f"Played audio {'equals' if played == sent else 'DIFFERS FROM'} the speech sent, "
         f"byte for byte and in order.\n"
-        f"Echo latency (sent → played back into the call): p50 {p50:.1f} ms, p99 {p99:.1f} ms.\n"
-        f"Wrote {out_dir}/input.wav, recording.wav and report.json."
+        f"Echo latency (sent → played back into the call): p50 {p50:.1f} ms, p99 {p99:.1f} ms."
     )
-    return 0 if played == sent and result.close_code in (1000, None) else 1
+    if spoken:
+        print("\nSaid:")
+        for name, text, _ in CONVERSATION:
+            print(f"  {name}: {text}")
+        print("Transcribed (offline PocketSphinx; final results, offsets from call start):")
+        for t in transcripts:
+            print(f"  {t['offset_s']:5.2f} s  {t['participant']}: {t['text']}")
+        if not heard_everyone:
+            print("  TRANSCRIPTS MISSING: not every utterance was transcribed")
+    print(f"\nWrote {out_dir}/input.wav, recording.wav and report.json.")
+    ok = played == sent and heard_everyone and result.close_code in (1000, None)
+    return 0 if ok else 1
 
 
 def _interleaved_speech(talkers: list[bytes], rate_hz: int) -> list[bytes]:
@@ -146,12 +277,17 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "demo",
-        help="one emulated call through gateway, Redis, echo worker and egress",
+        help="one emulated call through gateway, Redis, echo and transcription workers, egress",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--rate", type=int, choices=(16000, 24000), default=16000)
     parser.add_argument("--mode", choices=("mixed", "unmixed"), default="mixed")
-    parser.add_argument("--seconds", type=float, default=6.0, help="call length (default 6)")
+    parser.add_argument(
+        "--seconds",
+        type=float,
+        default=6.0,
+        help="call length without flite (default 6; spoken, the conversation sets it)",
+    )
     parser.add_argument("--out", default="callstream-demo", help="output folder")
     parser.set_defaults(run=_run)

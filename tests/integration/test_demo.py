@@ -1,0 +1,68 @@
+"""The README's main command: ``callstream demo``, run as the user runs it (a process).
+
+flite speaks the conversation (``./dev`` installs it); the demo must echo the speech back
+byte for byte and transcribe every utterance, attributed to its speaker when unmixed. Its
+transcripts are also compared with what was said: flite's voices are recognised almost word
+for word by PocketSphinx, so a large error rate means the pipeline lost or mangled audio.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+from shared.settings import Settings
+from tests.helpers import word_error_rate
+
+
+@pytest.mark.parametrize(("mode", "rate"), [("unmixed", 16000), ("mixed", 24000)])
+async def test_the_demo_echoes_and_transcribes_the_conversation(
+    settings: Settings, tmp_path: Path, mode: str, rate: int
+) -> None:
+    assert shutil.which("flite"), "flite is needed (./dev installs it)"
+    env = {**os.environ, "REDIS_URL": settings.redis_url, "CS_PREFIX": settings.prefix}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "callstream",
+        "--log-level",
+        "WARNING",
+        "demo",
+        "--mode",
+        mode,
+        "--rate",
+        str(rate),
+        "--out",
+        str(tmp_path),
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    async with asyncio.timeout(120):
+        stdout, stderr = await proc.communicate()
+    assert proc.returncode == 0, (stdout + stderr).decode()[-2000:]
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["played_equals_sent"]
+    assert report["speech_frames_played"] > 0
+    said = {s["participant"]: s["text"] for s in report["said"]}
+    assert set(said) == {"caller", "agent"}
+    heard: dict[str, list[str]] = {}
+    for transcript in report["transcripts"]:
+        heard.setdefault(transcript["participant"], []).append(transcript["text"])
+    if mode == "unmixed":  # each utterance attributed to its speaker
+        assert set(heard) == set(said)
+        for name, text in said.items():
+            assert word_error_rate(text, " ".join(heard[name])) <= 0.2, (name, heard[name])
+    else:
+        assert set(heard) == {"call"}
+        reference = " ".join(s["text"] for s in report["said"])
+        assert word_error_rate(reference, " ".join(heard["call"])) <= 0.2, heard
+    assert b"heard    " in stdout  # transcripts printed as they arrive
+    for wav in ("input.wav", "recording.wav"):
+        assert (tmp_path / wav).stat().st_size > 44
