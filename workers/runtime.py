@@ -569,6 +569,12 @@ class WorkerRuntime:
                             idle_timeout_s,
                         )
                         await handler.handle([(owned.last_id, InEnd(IDLE_END_REASON))])
+                        # The gateway that would have set the call's TTL is gone: set it
+                        # (unless it is set), or the call's streams would stay for ever.
+                        async with redis.pipeline(transaction=False) as pipe:
+                            for call_key in self._keys.call_keys(call_id):
+                                pipe.expire(call_key, self._settings.call_ttl_s, nx=True)
+                            await pipe.execute()
                         finished = True
                     continue
                 heard_at = time.monotonic()

@@ -586,7 +586,7 @@ async def test_a_call_whose_inbound_goes_quiet_is_ended_after_the_idle_timeout(
 ) -> None:
     """The gateway that had the call died: no more frames, and no `end` entry will come.
     After CS_CALL_IDLE_TIMEOUT_S the owner ends the call (the handler gets an `end`), so the
-    replica's capacity is not held for ever."""
+    replica's capacity is not held for ever, and gives the call's streams their TTL."""
     local = dataclasses.replace(settings, call_idle_timeout_s=0.5)
     registry = CollectorRegistry()
     async with runtime(local, "a", registry=registry) as worker:
@@ -598,6 +598,8 @@ async def test_a_call_whose_inbound_goes_quiet_is_ended_after_the_idle_timeout(
     assert finished == 1
     assert await echoed_seqs(redis, local, "orphan") == list(range(5))
     assert (await group_info(redis, local, "echo"))["pending"] == 0
+    for key in (local.keys.call_in("orphan"), local.keys.call_out("orphan")):
+        assert 0 < await redis.ttl(key) <= local.call_ttl_s  # nobody else would set it
 
 
 async def test_a_call_whose_first_frame_comes_late_is_served(
