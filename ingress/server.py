@@ -44,6 +44,7 @@ from shared.entries import (
 from shared.errors import (
     CLOSE_INTERNAL_ERROR,
     CLOSE_MESSAGE_TOO_BIG,
+    CLOSE_POLICY_VIOLATION,
     AuthError,
     ConfigError,
     ProtocolError,
@@ -123,6 +124,7 @@ class _Call:
     failed: str | None = None  # why publishing failed, once it has
     in_key: str = ""  # cs:call:{id}:in, computed once
     frame_xadd: FrameXadd | None = None  # packs this call's frame XADDs
+    metadata_timer: asyncio.TimerHandle | None = None  # closes a socket that never sends it
 
 
 class Gateway:
@@ -348,10 +350,16 @@ class Gateway:
         call.frame_xadd = FrameXadd(call.in_key, self._settings.in_stream_maxlen)
         self._calls[call.call_id] = call
         self._metrics.connections.inc()
+        if self._settings.metadata_timeout_s > 0:
+            call.metadata_timer = asyncio.get_running_loop().call_later(
+                self._settings.metadata_timeout_s, self._no_metadata, call
+            )
         reason = "normal"
         try:
             reason = await self._receive(call)
         finally:
+            if call.metadata_timer is not None:
+                call.metadata_timer.cancel()
             self._metrics.connections.dec()
             await self._end(call, reason)
             del self._calls[call.call_id]
@@ -415,6 +423,9 @@ class Gateway:
         assert self._egress is not None
         if call.attached:
             return  # a repeated, identical AudioMetadata
+        if call.metadata_timer is not None:
+            call.metadata_timer.cancel()
+            call.metadata_timer = None
         self._metrics.calls.inc()
         self._egress.attach(
             call.call_id,
@@ -556,14 +567,30 @@ class Gateway:
 
     # ------------------------------------------------------------------ failures
 
+    def _no_metadata(self, call: _Call) -> None:
+        """A socket that has sent no AudioMetadata since its upgrade (ACS sends it first, at
+        once) holds a connection for nothing: close it."""
+        call.metadata_timer = None
+        if call.session.metadata is not None:
+            return
+        self._metrics.rejects.labels("no_metadata").inc()
+        timeout = self._settings.metadata_timeout_s
+        log.warning(
+            "call %s: no AudioMetadata within %g s; closing with 1008", call.call_id, timeout
+        )
+        self._close(call, CLOSE_POLICY_VIOLATION, f"expected AudioMetadata within {timeout:g} s")
+
     def _on_publish_failure(self, call_id: str, error: str) -> None:
         call = self._calls.get(call_id)
         if call is None or call.failed is not None:
             return
         call.failed = error
         self._metrics.rejects.labels("bus_unavailable").inc()
-        reason = f"event bus unavailable: {error}"
-        closer = asyncio.create_task(call.connection.close(CLOSE_INTERNAL_ERROR, reason[:120]))
+        self._close(call, CLOSE_INTERNAL_ERROR, f"event bus unavailable: {error}"[:120])
+
+    def _close(self, call: _Call, code: int, reason: str) -> None:
+        """Close a call's socket from a callback (the task is kept until it is done)."""
+        closer = asyncio.create_task(call.connection.close(code, reason))
         self._closers.add(closer)
         closer.add_done_callback(self._closers.discard)
 

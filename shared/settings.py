@@ -37,6 +37,7 @@ class Settings:
     prefix: str = "cs"
     auth: AuthSettings = field(default_factory=AuthSettings)
     max_message_bytes: int = 64 * 1024
+    metadata_timeout_s: float = 10.0  # a socket silent this long after its upgrade is closed
     in_stream_maxlen: int = 30_000
     out_stream_maxlen: int = 30_000
     events_maxlen: int = 10_000
@@ -76,6 +77,7 @@ class Settings:
             prefix=env.get("CS_PREFIX") or defaults.prefix,
             auth=auth,
             max_message_bytes=_int(env, "CS_MAX_MESSAGE_BYTES", defaults.max_message_bytes),
+            metadata_timeout_s=_float(env, "CS_METADATA_TIMEOUT_S", defaults.metadata_timeout_s),
             in_stream_maxlen=_int(env, "CS_IN_STREAM_MAXLEN", defaults.in_stream_maxlen),
             out_stream_maxlen=_int(env, "CS_OUT_STREAM_MAXLEN", defaults.out_stream_maxlen),
             events_maxlen=_int(env, "CS_EVENTS_MAXLEN", defaults.events_maxlen),

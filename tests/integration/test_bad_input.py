@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import dataclasses
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -167,6 +168,25 @@ async def test_audio_before_metadata_closes_1008(
     await beside_a_good_call(gateway, redis, settings, bad)
     assert rejects(gateway, "out_of_order") == 1
     assert await redis.exists(settings.keys.call_in("early")) == 0  # never became a call
+
+
+async def test_a_socket_without_metadata_is_closed_1008_after_the_timeout(
+    redis: aioredis.Redis, settings: Settings
+) -> None:
+    """Connected and silent (ACS sends AudioMetadata at once): closed after
+    CS_METADATA_TIMEOUT_S instead of holding a connection for ever."""
+    local = dataclasses.replace(settings, metadata_timeout_s=0.3)
+    async with Gateway(local) as gateway:
+
+        async def bad() -> None:
+            async with connect(gateway.url + "/mute") as conn:
+                code, reason = await closed_with(conn)
+                assert code == 1008
+                assert reason == "expected AudioMetadata within 0.3 s"
+
+        await beside_a_good_call(gateway, redis, local, bad)
+        assert rejects(gateway, "no_metadata") == 1
+    assert await redis.exists(local.keys.call_in("mute")) == 0  # never became a call
 
 
 async def test_a_changed_format_closes_1008(
