@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
 
 from shared.settings import DEFAULT_REDIS_URL, Settings
+from tests.helpers import RedisProcess, free_port
 
 
 @pytest.fixture
@@ -41,3 +43,11 @@ async def redis(settings: Settings) -> AsyncIterator[aioredis.Redis]:
     client = aioredis.Redis.from_url(settings.redis_url)
     yield client
     await client.aclose()
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[RedisProcess]:
+    server = RedisProcess(free_port(), tmp_path)
+    server.start()
+    yield server
+    server.kill()

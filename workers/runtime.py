@@ -198,7 +198,12 @@ class WorkerRuntime:
             client_name=f"callstream-worker-{self._kind}-{self.consumer}",
         )
         self._redis = aioredis.Redis.from_pool(pool)
-        await self._create_group()
+        try:
+            await self._create_group()
+        except (RedisError, OSError) as exc:
+            # Not fatal: the claim loop retries until Redis answers (and makes the group then).
+            self._metrics.redis_errors.inc()
+            log.warning("worker %s: Redis is unavailable (%s); waiting for it", self._kind, exc)
         self._main = asyncio.create_task(self._claim_loop(), name=f"worker-{self._kind}")
         log.info(
             "worker %s (%s) serving up to %d calls", self._kind, self.consumer, self._max_calls

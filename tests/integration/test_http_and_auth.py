@@ -6,15 +6,11 @@ import asyncio
 import dataclasses
 import http.server
 import json
-import shutil
-import signal
-import socket
-import subprocess
 import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import jwt
@@ -29,7 +25,7 @@ from ingress.publisher import FLUSH_TIMEOUT_S
 from ingress.server import Gateway
 from shared.errors import ConfigError
 from shared.settings import AuthSettings, Settings
-from tests.helpers import free_port, until, xrange
+from tests.helpers import RedisProcess, free_port, until, xrange
 
 ISSUER = "https://acscallautomation.communication.azure.com"
 AUDIENCE = "acs-resource-id"
@@ -83,72 +79,6 @@ async def test_readyz_is_503_when_redis_does_not_answer(settings: Settings) -> N
 
 
 # ------------------------------------------------------------------ Redis going away
-
-
-class RedisProcess:
-    """A private redis-server on a fixed port that a test can kill and restart."""
-
-    def __init__(self, port: int, workdir: Path) -> None:
-        self.port = port
-        self.workdir = workdir
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        binary = shutil.which("redis-server")
-        assert binary is not None, "redis-server is needed for this test"
-        self.proc = subprocess.Popen(
-            [
-                binary,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(self.workdir),
-            ],
-            stdout=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as sock:
-                    sock.sendall(b"PING\r\n")
-                    if sock.recv(16).startswith(b"+PONG"):
-                        return
-            except OSError:
-                time.sleep(0.05)
-        raise AssertionError("redis-server did not start")
-
-    def pause(self) -> None:
-        """SIGSTOP: the server keeps its connections open but answers nothing."""
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGSTOP)
-
-    def resume(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGCONT)
-
-    def kill(self) -> None:
-        if self.proc is not None:
-            self.proc.kill()
-            self.proc.wait()
-            self.proc = None
-
-
-@pytest.fixture
-def private_redis(tmp_path: Path) -> Iterator[RedisProcess]:
-    server = RedisProcess(free_port(), tmp_path)
-    server.start()
-    yield server
-    server.kill()
 
 
 async def wait_ready(gateway: Gateway, status: int, timeout_s: float = 10) -> None:

@@ -15,6 +15,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, cast
 
 import redis.asyncio as aioredis
@@ -31,8 +32,8 @@ from shared.entries import (
 )
 from shared.events import WORKER_FAILED
 from shared.settings import Settings
+from tests.helpers import RedisProcess, free_port, until, xrange
 from tests.helpers import events as read_events
-from tests.helpers import free_port, until, xrange
 from workers.base import CallContext, CallHandler
 from workers.echo import echo_factory
 from workers.runtime import WorkerRuntime
@@ -643,3 +644,29 @@ async def test_a_replica_recreates_its_group_when_redis_lost_its_data(
         await end_call(redis, settings, "after")
         await until(functools.partial(_not_owned, worker, "after"))
     assert await echoed_seqs(redis, settings, "after") == list(range(5))
+
+
+async def test_a_replica_waits_for_redis_and_survives_its_restart(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """Started before its Redis (a pod scheduled first), the replica waits instead of
+    crashing; when that Redis restarts and has lost everything (no persistence), the replica
+    recreates its group and serves the next call."""
+    server = RedisProcess(free_port(), tmp_path)
+    local = dataclasses.replace(settings, redis_url=server.url)
+    client = aioredis.Redis.from_url(server.url)
+    try:
+        async with runtime(local, "a") as worker:  # nothing listens yet: no exception
+            for call_id in ("first", "after-restart"):
+                await asyncio.to_thread(server.start)
+                await start_call(client, local, call_id)
+                await until(functools.partial(_owned_by, worker, call_id), timeout_s=20)
+                await add_frames(client, local, call_id, 0, 5)
+                await end_call(client, local, call_id)
+                await until(functools.partial(_not_owned, worker, call_id))
+                assert await echoed_seqs(client, local, call_id) == list(range(5))
+                server.kill()  # with everything in it
+                await client.connection_pool.disconnect()
+    finally:
+        server.kill()
+        await client.aclose()
