@@ -22,6 +22,22 @@ from shared.errors import ConfigError
 log = logging.getLogger(__name__)
 
 
+def server_args(port: int, workdir: str) -> list[str]:
+    """redis-server's arguments for a private, loopback-only server that keeps nothing."""
+    return [
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--dir",
+        workdir,
+    ]
+
+
 async def answers(url: str, timeout_s: float = 1.0) -> bool:
     """True when a Redis at ``url`` answers PING within ``timeout_s``."""
     client = aioredis.Redis.from_url(url, socket_connect_timeout=timeout_s)
@@ -56,16 +72,7 @@ async def ensure_redis(url: str) -> AsyncIterator[str]:
     with tempfile.TemporaryDirectory(prefix="callstream-redis-") as workdir:
         proc = await asyncio.create_subprocess_exec(
             binary,
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            workdir,
+            *server_args(port, workdir),
             "--logfile",
             "",
             stdout=asyncio.subprocess.DEVNULL,

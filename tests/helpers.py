@@ -14,6 +14,7 @@ from typing import cast
 
 import redis.asyncio as aioredis
 
+from callstream.localredis import server_args
 from shared.entries import Fields, StreamEntries, XReadReply
 from shared.events import Event
 
@@ -121,20 +122,7 @@ class RedisProcess:
         binary = shutil.which("redis-server")
         assert binary is not None, "redis-server is needed for this test"
         self.proc = subprocess.Popen(
-            [
-                binary,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(self.workdir),
-            ],
-            stdout=subprocess.DEVNULL,
+            [binary, *server_args(self.port, str(self.workdir))], stdout=subprocess.DEVNULL
         )
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
