@@ -569,10 +569,8 @@ class Gateway:
 
     def _no_metadata(self, call: _Call) -> None:
         """A socket that has sent no AudioMetadata since its upgrade (ACS sends it first, at
-        once) holds a connection for nothing: close it."""
+        once) holds a connection for nothing: close it. (AudioMetadata cancels this.)"""
         call.metadata_timer = None
-        if call.session.metadata is not None:
-            return
         self._metrics.rejects.labels("no_metadata").inc()
         timeout = self._settings.metadata_timeout_s
         log.warning(
