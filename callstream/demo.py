@@ -131,21 +131,23 @@ async def place_demo_call(
         events_key = settings.keys.call_events(call_id)
         stop = asyncio.Event()
         printer = asyncio.create_task(_print_events(redis, events_key, stop))
-        results = await simulate(
-            gateway.url,
-            talkers,
-            rate_hz=rate_hz,
-            mode=mode,
-            dtmf=[("42#", 1.0)],
-            call_ids=[call_id],
-        )
-        # Let the workers process the call to its end before everything shuts down.
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(10):
-                for worker in workers:
-                    await worker.wait_idle()
-        stop.set()
-        await printer
+        try:
+            results = await simulate(
+                gateway.url,
+                talkers,
+                rate_hz=rate_hz,
+                mode=mode,
+                dtmf=[("42#", 1.0)],
+                call_ids=[call_id],
+            )
+            # Let the workers process the call to its end before everything shuts down.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(10):
+                    for worker in workers:
+                        await worker.wait_idle()
+        finally:
+            stop.set()
+            await printer
         entries = cast(StreamEntries, await redis.xrange(events_key))
     return DemoCall(results[0], [Event.from_fields(fields) for _, fields in entries])
 
