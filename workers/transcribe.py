@@ -127,7 +127,14 @@ class Transcriber:
         for entry_id, frame in frames:
             if self.start_ts_ms is None:
                 self.start_ts_ms = frame.ts_ms
-            stream = self._stream(frame)
+            stream = self._streams.get(frame.channel)
+            if stream is None or stream.participant != frame.participant:
+                if stream is not None:
+                    # The channel passes to someone else (ACS keeps the four most dominant
+                    # speakers): the one who left may be mid-utterance, and no more of their
+                    # frames will come on it. Finish what they said.
+                    events.extend(self._finish(stream))
+                stream = self._streams[frame.channel] = self._new_stream(frame)
             stream.recent.append((entry_id, frame.pcm))
             stream.times.append(frame.ts_ms - self.start_ts_ms)
             vad_frame = stream.vad_frame(frame.pcm)
@@ -145,32 +152,35 @@ class Transcriber:
                 events.extend(self._on_vad(stream, native, frame.ts_ms))
         if ended:
             for stream in self._streams.values():
-                now_ms = self._now_ms(stream)
-                for vad_event in stream.segmenter.flush():
-                    events.extend(self._on_vad(stream, vad_event, now_ms))
-                events.extend(
-                    self._transcript(stream, result, now_ms) for result in stream.recognizer.close()
-                )
+                events.extend(self._finish(stream))
         needed = [i for s in self._streams.values() if (i := s.earliest_needed) is not None]
         self.earliest_needed = min(needed, key=parse_id) if needed else None
         return events
 
-    def _stream(self, frame: InFrame) -> _Stream:
-        stream = self._streams.get(frame.channel)
-        if stream is None or stream.participant != frame.participant:
-            assert self.start_ts_ms is not None
-            stream = _Stream(
-                channel=frame.channel,
-                participant=frame.participant,
-                base_ms=frame.ts_ms - self.start_ts_ms,
-                segmenter=Segmenter(RATE_HZ),
-                recognizer=self._engine(self._rate_hz),
-                resampler=None
-                if self._rate_hz == RATE_HZ
-                else soxr.ResampleStream(self._rate_hz, RATE_HZ, 1, dtype="int16"),
-            )
-            self._streams[frame.channel] = stream
-        return stream
+    def _new_stream(self, frame: InFrame) -> _Stream:
+        assert self.start_ts_ms is not None
+        return _Stream(
+            channel=frame.channel,
+            participant=frame.participant,
+            base_ms=frame.ts_ms - self.start_ts_ms,
+            segmenter=Segmenter(RATE_HZ),
+            recognizer=self._engine(self._rate_hz),
+            resampler=None
+            if self._rate_hz == RATE_HZ
+            else soxr.ResampleStream(self._rate_hz, RATE_HZ, 1, dtype="int16"),
+        )
+
+    def _finish(self, stream: _Stream) -> list[Event]:
+        """End a stream at its last frame: close an open utterance, take the engine's last
+        results."""
+        now_ms = self._now_ms(stream)
+        events: list[Event] = []
+        for vad_event in stream.segmenter.flush():
+            events.extend(self._on_vad(stream, vad_event, now_ms))
+        events.extend(
+            self._transcript(stream, result, now_ms) for result in stream.recognizer.close()
+        )
+        return events
 
     def _now_ms(self, stream: _Stream) -> int:
         assert self.start_ts_ms is not None

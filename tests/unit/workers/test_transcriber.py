@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from shared.entries import InFrame
 from tests.unit.workers.test_vad import quiet, voiced
 from workers.stt.engine import Result
@@ -70,3 +72,32 @@ def test_the_resume_point_is_the_open_utterance_or_the_detector_window() -> None
     assert core.earliest_needed is not None
     first = int(core.earliest_needed.split("-")[0]) - 1
     assert 15 <= first < 30
+
+
+def test_a_channel_passed_to_another_participant_finishes_the_first_ones_utterance() -> None:
+    """ACS replaces a participant who left the dominant four; their frames stop mid-utterance
+    and the channel carries someone else. The first participant's utterance still ends, with
+    its speech.stopped and its final, attributed to them."""
+    core = Transcriber("c", 16000, Echoing)
+
+    def on_channel_1(
+        participant: str, start_ms: int, pcm_frames: list[bytes], first_seq: int
+    ) -> list[tuple[str, InFrame]]:
+        return [
+            (entry_id, replace(frame, participant=participant))
+            for entry_id, frame in frames_at(start_ms, pcm_frames, first_seq)
+        ]
+
+    cut = on_channel_1("8:acs:a", 0, quiet(20) + voiced(40), 0)  # still speaking at 1.2 s
+    then = on_channel_1("4:+1b", 1_200, voiced(30) + quiet(30), len(cut))
+    events = core.process(cut, ended=False) + core.process(then, ended=True)
+    kinds = [(e.type, e.data["participantRawID"]) for e in events if e.type != TRANSCRIPT]
+    assert kinds == [
+        (SPEECH_STARTED, "8:acs:a"),
+        (SPEECH_STOPPED, "8:acs:a"),
+        (SPEECH_STARTED, "4:+1b"),
+        (SPEECH_STOPPED, "4:+1b"),
+    ]
+    finals = [e for e in events if e.type == TRANSCRIPT]
+    assert [e.data["participantRawID"] for e in finals] == ["8:acs:a", "4:+1b"]
+    assert len({e.id for e in events}) == len(events)
