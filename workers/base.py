@@ -24,12 +24,18 @@ class CallContext:
     ``resume_from`` is the checkpoint (last processed in-stream entry id) when this replica took
     the call over from another; None for a fresh call. Entries after it may have been seen by the
     previous owner already: delivery is at least once.
+
+    ``state_key`` is a Redis hash for the handler's own per-call state, for a new owner to find
+    after a takeover: the runtime's checkpoint hash, which has the call's TTL and is deleted
+    when the call is done. The runtime's fields there are ``entry_id``, ``owner``,
+    ``handbacks`` and ``error``; any other field is the handler's.
     """
 
     call: CallStarted
     redis: aioredis.Redis
     settings: Settings
     resume_from: str | None
+    state_key: str
 
 
 class CallHandler(Protocol):

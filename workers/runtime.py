@@ -548,7 +548,9 @@ class WorkerRuntime:
         handler: CallHandler | None = None
         finished = False
         try:
-            handler = self._factory(CallContext(owned.call, redis, self._settings, resume_from))
+            state_key = self._keys.checkpoint(self._kind, call_id)
+            context = CallContext(owned.call, redis, self._settings, resume_from, state_key)
+            handler = self._factory(context)
             owned.handler = handler
             block_ms = int(self._heartbeat_s * 1000)
             idle_timeout_s = self._settings.call_idle_timeout_s

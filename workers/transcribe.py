@@ -224,6 +224,9 @@ class Transcriber:
         )
 
 
+START_TS_FIELD = "transcribe_start_ts_ms"  # in the call's state hash (CallContext.state_key)
+
+
 class TranscribeHandler:
     def __init__(self, ctx: CallContext, engine: RecognizerFactory) -> None:
         self._ctx = ctx
@@ -231,15 +234,23 @@ class TranscribeHandler:
         self._call_id = ctx.call.call_id
         self._core = Transcriber(self._call_id, ctx.call.rate_hz, engine)
         self._started = ctx.resume_from is None
+        self._start_saved = False
 
     async def handle(self, batch: Sequence[tuple[str, InEntry]]) -> None:
         if not self._started:
             # Taken over mid-call: offsets still count from the call's first frame.
-            self._core.start_ts_ms = await self._first_frame_ts()
+            self._core.start_ts_ms = await self._call_start_ts()
             self._started = True
         frames = [(entry_id, entry) for entry_id, entry in batch if isinstance(entry, InFrame)]
         ended = any(isinstance(entry, InEnd) for _, entry in batch)
         events = await asyncio.to_thread(self._core.process, frames, ended)
+        if not self._start_saved and self._core.start_ts_ms is not None:
+            # For a new owner: the stream's first frame may be trimmed by then (MAXLEN).
+            async with self._ctx.redis.pipeline(transaction=False) as pipe:
+                pipe.hset(self._ctx.state_key, START_TS_FIELD, str(self._core.start_ts_ms))
+                pipe.expire(self._ctx.state_key, self._ctx.settings.call_ttl_s)
+                await pipe.execute()
+            self._start_saved = True
         if events:
             await self._publish(events)
 
@@ -251,7 +262,12 @@ class TranscribeHandler:
         reads them again, so an utterance is never cut at a takeover."""
         return self._core.earliest_needed
 
-    async def _first_frame_ts(self) -> int | None:
+    async def _call_start_ts(self) -> int | None:
+        """The call's first frame's timestamp, as the first owner saved it, or (if it died
+        before it could) as the stream's first frame says."""
+        saved = await self._ctx.redis.hget(self._ctx.state_key, START_TS_FIELD)
+        if saved is not None:
+            return int(saved)
         raw = cast(
             StreamEntries,
             await self._ctx.redis.xrange(self._keys.call_in(self._call_id), count=10),

@@ -12,6 +12,7 @@ import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import pytest
@@ -20,7 +21,7 @@ import redis.asyncio as aioredis
 from callstream.emulator.wav import load_wav
 from callstream.simulate import participant_ids, simulate
 from ingress.server import Gateway
-from shared.entries import CallStarted, InEnd, InFrame, encode_call, encode_in
+from shared.entries import CallStarted, InEnd, InFrame, StreamEntries, encode_call, encode_in
 from shared.events import Event
 from shared.settings import Settings
 from tests.helpers import events as read_events
@@ -169,7 +170,8 @@ async def test_a_call_handed_over_mid_utterance_is_transcribed_whole_once(
 ) -> None:
     """Replica A stops (SIGTERM's hand-back) in the middle of the first sentence; B resumes
     from A's checkpoint, which lies before that utterance: every final equals the offline
-    decode, none is cut or missing, and no final id appears with two different texts."""
+    decode (text and offset, though the stream's first frames are trimmed away), none is cut
+    or missing, and no final id appears with two different texts."""
     audio, onsets = call_audio
     expected = finals(await asyncio.to_thread(offline, audio))
     frames = in_frames(audio, start_ms=1_700_000_000_000)
@@ -195,6 +197,10 @@ async def test_a_call_handed_over_mid_utterance_is_transcribed_whole_once(
     # A is a second into the first utterance (its partial results say so), not at its end.
     await into_an_utterance(redis, settings.keys.call_events("moved"), 800, 20)
     await a.aclose()
+    # A long call's stream has lost its head to MAXLEN by now: B must count offsets from the
+    # call's first frame all the same, not from the first one left.
+    head = await xrange_head(redis, key, 10)
+    await redis.xtrim(key, minid=head[-1][0])  # the first nine frames are gone
     async with replica("b") as b:
         await _add(redis, key, frames[cut:])
         await redis.xadd(key, encode_in(InEnd("normal")))
@@ -337,6 +343,10 @@ async def test_three_replicas_survive_the_owner_stopping_mid_utterance(
         heard = (event.data["offset"], event.data["text"])
         assert got.setdefault(event.id, heard) == heard
     assert list(got.values()) == [(e.data["offset"], e.data["text"]) for e in expected]
+
+
+async def xrange_head(redis: aioredis.Redis, key: str, count: int) -> StreamEntries:
+    return cast(StreamEntries, await redis.xrange(key, count=count))
 
 
 async def _add(redis: aioredis.Redis, key: str, frames: list[InFrame]) -> None:
