@@ -6,8 +6,10 @@ utterance starts when ``START_FRAMES`` of the last ``START_WINDOW`` frames are s
 is said to start at the first speech frame of that window; its audio also includes the frames
 before it still in the window plus ``PREROLL_FRAMES`` more (so the first phoneme is not
 clipped). It stops after ``STOP_FRAMES`` frames in a row without speech (the hangover, which
-stays in the audio); it is said to end with its last speech frame. Offsets count frames from
-the start of the stream, 20 ms each.
+stays in the audio); it is said to end with its last speech frame. An utterance that reaches
+``MAX_UTTERANCE_FRAMES`` (music on hold, a monologue, a noisy line) is ended there and the next
+one starts with the following frame, so results, memory and a new owner's re-reading stay
+bounded. Offsets count frames from the start of the stream, 20 ms each.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ START_WINDOW = 5
 START_FRAMES = 3
 PREROLL_FRAMES = 10  # 200 ms before the window that triggered
 STOP_FRAMES = 25  # 500 ms without speech ends an utterance
+MAX_UTTERANCE_FRAMES = 1000  # 20 s: a longer one is split
 AGGRESSIVENESS = 2  # webrtcvad 0 (least) to 3 (most eager to call a frame non-speech)
 
 
@@ -59,6 +62,7 @@ class Segmenter:
         self._frames = 0  # frames seen so far
         self._in_speech = False
         self._quiet = 0  # non-speech frames in a row while in speech
+        self._length = 0  # frames in the open utterance since its start was confirmed
 
     @property
     def in_speech(self) -> bool:
@@ -76,6 +80,14 @@ class Segmenter:
         speech = not silent and self._vad.is_speech(pcm, self._rate_hz)
         self._frames += 1
         if self._in_speech:
+            if self._length >= MAX_UTTERANCE_FRAMES:
+                # End it before this frame, and go on with a new one from this frame.
+                stopped = SpeechStopped(self._speech_end_ms() - FRAME_MS)
+                self._length = 1
+                self._quiet = 0 if speech else 1
+                start_ms = self.offset_ms - FRAME_MS
+                return [stopped, SpeechStarted(start_ms, start_ms, pcm)]
+            self._length += 1
             self._quiet = 0 if speech else self._quiet + 1
             if self._quiet >= STOP_FRAMES:
                 self._in_speech = False
@@ -88,6 +100,7 @@ class Segmenter:
             return []
         self._in_speech = True
         self._quiet = 0
+        self._length = 0
         audio = b"".join(frame for frame, _ in self._history)
         audio_ms = self.offset_ms - len(self._history) * FRAME_MS
         first_speech = next(i for i, (_, is_speech) in enumerate(window) if is_speech)

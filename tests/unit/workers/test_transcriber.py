@@ -101,3 +101,20 @@ def test_a_channel_passed_to_another_participant_finishes_the_first_ones_utteran
     finals = [e for e in events if e.type == TRANSCRIPT]
     assert [e.data["participantRawID"] for e in finals] == ["8:acs:a", "4:+1b"]
     assert len({e.id for e in events}) == len(events)
+
+
+def test_a_very_long_utterance_comes_out_in_bounded_pieces() -> None:
+    """25 s without a pause: two utterances (20 s, then the rest), each with its events and
+    its final, and the resume point moves on to the second one's first frame."""
+    core = Transcriber("c", 16000, Echoing)
+    frames = frames_at(0, voiced(1250), 0)
+    events = core.process(frames[:1100], ended=False)
+    assert core.earliest_needed is not None
+    resume = int(core.earliest_needed.split("-")[0]) - 1
+    assert resume > 1000  # not the call's first frame: the second utterance's
+    events += core.process(frames[1100:], ended=True)
+    kinds = [e.type for e in events]
+    assert kinds.count(SPEECH_STARTED) == kinds.count(SPEECH_STOPPED) == 2
+    finals = [e for e in events if e.type == TRANSCRIPT]
+    assert len(finals) == 2
+    assert len({e.id for e in events}) == len(events)

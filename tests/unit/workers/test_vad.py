@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from workers.vad import (
     FRAME_MS,
+    MAX_UTTERANCE_FRAMES,
     PREROLL_FRAMES,
     START_WINDOW,
     STOP_FRAMES,
@@ -115,3 +116,26 @@ def test_events_are_well_formed_for_any_mix(runs: list[tuple[bool, int]]) -> Non
             assert open_
             open_, last_stop = False, event.offset_ms
     assert not open_
+
+
+def test_an_utterance_longer_than_the_maximum_is_split_without_losing_a_frame() -> None:
+    """32 s of continuous "speech" (music on hold, say): an utterance ends at 20 s and the
+    next begins with the very next frame; together they carry every frame once."""
+    frames = quiet(10) + voiced(1600) + quiet(60)
+    events = run(Segmenter(RATE), frames)
+    starts = [e for e in events if isinstance(e, SpeechStarted)]
+    stops = [e for e in events if isinstance(e, SpeechStopped)]
+    assert len(starts) == len(stops) == 2
+    first_length_ms = stops[0].offset_ms - starts[0].offset_ms
+    # Counted from when the detector was sure; the speech began up to a window earlier.
+    assert (
+        MAX_UTTERANCE_FRAMES * FRAME_MS
+        <= first_length_ms
+        <= (MAX_UTTERANCE_FRAMES + START_WINDOW) * FRAME_MS
+    )
+    assert starts[1].offset_ms == starts[1].audio_offset_ms == stops[0].offset_ms
+    audio = sum(len(e.audio) for e in events if isinstance(e, SpeechStarted | SpeechAudio)) // (
+        FRAME * 2
+    )
+    end_frame = stops[1].offset_ms // FRAME_MS + STOP_FRAMES  # the hangover is in the audio
+    assert audio == end_frame - starts[0].audio_offset_ms // FRAME_MS
