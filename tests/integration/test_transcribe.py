@@ -27,6 +27,7 @@ from shared.settings import Settings
 from tests.helpers import events as read_events
 from tests.helpers import free_port, until, wait_for_end, wait_for_entry, word_error_rate
 from workers.runtime import WorkerRuntime
+from workers.stt.engine import RecognizerFailed
 from workers.stt.pocketsphinx_engine import pocketsphinx_factory
 from workers.stt.transcript import SPEECH_STARTED, SPEECH_STOPPED, TICKS_PER_MS, TRANSCRIPT
 from workers.transcribe import Transcriber, transcribe_factory
@@ -394,3 +395,24 @@ async def test_the_azure_engine_fails_at_startup_with_one_clear_line() -> None:
         assert len(lines) == 1, lines
         assert message in lines[0]
         assert "Traceback" not in stderr.decode()
+
+
+async def test_an_azure_session_cancelled_mid_call_fails_the_call_for_a_retry() -> None:
+    """Azure ends a session with an error (here: the endpoint refuses the connection): the
+    recognizer says so from its next call instead of hearing nothing for the rest of the call,
+    so the runtime retries the call from its checkpoint with a new session."""
+    from workers.stt.azure_engine import AzureRecognizer, AzureSpeechSettings  # noqa: PLC0415
+
+    endpoint = f"ws://127.0.0.1:{free_port()}/speech"
+    recognizer = AzureRecognizer(RATE, AzureSpeechSettings("not-a-key", None, endpoint, "en-US"))
+
+    def a_second_of_audio_then_the_end() -> None:
+        recognizer.start(0, 0)
+        for _ in range(50):  # audio makes the SDK connect; it is refused
+            recognizer.feed(bytes(FRAME))
+        recognizer.close()  # waits (bounded) for the session's end
+
+    with pytest.raises(RecognizerFailed, match="Azure Speech cancelled the session"):
+        await asyncio.to_thread(a_second_of_audio_then_the_end)
+    with pytest.raises(RecognizerFailed):  # and from every call after
+        await asyncio.to_thread(recognizer.feed, bytes(FRAME))

@@ -29,7 +29,7 @@ from typing import Any
 import azure.cognitiveservices.speech as speechsdk
 
 from shared.errors import ConfigError
-from workers.stt.engine import Result, Word
+from workers.stt.engine import RecognizerFailed, Result, Word
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +130,7 @@ class AzureRecognizer:
         self._stream: speechsdk.audio.PushAudioInputStream | None = None
         self._recognizer: speechsdk.SpeechRecognizer | None = None
         self._stopped = threading.Event()
+        self._error: str | None = None  # why Azure cancelled the session, from its thread
 
     def start(self, audio_offset_ms: int, speech_offset_ms: int) -> None:
         if self._recognizer is None:
@@ -138,11 +139,13 @@ class AzureRecognizer:
 
     def feed(self, pcm: bytes) -> list[Result]:
         assert self._stream is not None, "feed() before start()"
+        self._check()
         self._stream.write(pcm)
         self._timeline.pushed_ms += len(pcm) * 1000 // (2 * self._rate_hz)
         return self._drain()
 
     def stop(self) -> list[Result]:
+        self._check()
         return self._drain()  # Azure finalises on the hangover's silence; finals come later
 
     def close(self) -> list[Result]:
@@ -153,6 +156,7 @@ class AzureRecognizer:
             log.warning("azure: no end of session within %.0f s", CLOSE_TIMEOUT_S)
         self._recognizer.stop_continuous_recognition_async().get()
         self._recognizer = None
+        self._check()
         return self._drain()
 
     def _open(self) -> None:
@@ -181,7 +185,14 @@ class AzureRecognizer:
         details = evt.cancellation_details
         if details.reason == speechsdk.CancellationReason.Error:
             log.error("azure: recognition failed: %s", details.error_details)
+            self._error = str(details.error_details) or "cancelled with an error"
         self._stopped.set()
+
+    def _check(self) -> None:
+        """A session Azure cancelled hears nothing more: say so, rather than drop the rest
+        of the call's speech in silence."""
+        if self._error is not None:
+            raise RecognizerFailed(f"Azure Speech cancelled the session: {self._error}")
 
     def _drain(self) -> list[Result]:
         out: list[Result] = []

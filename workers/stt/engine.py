@@ -50,5 +50,11 @@ class Recognizer(Protocol):
         """The stream ended: everything still owed (bounded wait), then release the engine."""
 
 
+class RecognizerFailed(RuntimeError):
+    """The engine cannot go on with this stream (a cloud session ended with an error). Raised
+    from any call after it happened: the call fails, and the worker runtime retries it from its
+    checkpoint with a new recognizer (``CS_WORKER_MAX_ATTEMPTS``)."""
+
+
 RecognizerFactory = Callable[[int], Recognizer]
 """Builds a recognizer for a stream of 16-bit mono PCM at the given rate."""
