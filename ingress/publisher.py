@@ -223,6 +223,13 @@ class Publisher:
             call_id, _PACK(("XADD", key, "MAXLEN", "~", maxlen, "*", *chain(*fields.items())))
         )
 
+    def xadd_retained(self, call_id: str, key: str, fields: Fields, min_id_ms: int) -> None:
+        """Queue ``XADD key MINID min_id_ms * fields…``: entries older than ``min_id_ms``
+        (epoch ms) go, however many are younger."""
+        self.publish(
+            call_id, _PACK(("XADD", key, "MINID", min_id_ms, "*", *chain(*fields.items())))
+        )
+
     def expire(self, call_id: str, key: str, seconds: int) -> None:
         self.publish(call_id, _PACK(("EXPIRE", key, seconds)))
 

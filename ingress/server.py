@@ -36,6 +36,7 @@ from shared.channels import ChannelMap
 from shared.entries import (
     CallEnded,
     CallStarted,
+    Fields,
     InDtmf,
     InEnd,
     encode_call,
@@ -450,9 +451,7 @@ class Gateway:
         assert self._publisher is not None
         now_ms = int(time.time() * 1000)
         started = CallStarted(call.call_id, metadata.sample_rate, call.mode, now_ms, self._instance)
-        self._publisher.xadd(
-            call.call_id, self._keys.calls, encode_call(started), self._settings.calls_maxlen
-        )
+        self._publish_call_entry(call, encode_call(started), now_ms)
         self._publish_event(
             call,
             Event(
@@ -464,6 +463,12 @@ class Gateway:
             ),
         )
         call.started = True
+
+    def _publish_call_entry(self, call: _Call, fields: Fields, now_ms: int) -> None:
+        """A `started` or `ended` entry in cs:calls, dropping those older than the retention."""
+        assert self._publisher is not None
+        oldest_ms = now_ms - self._settings.calls_retention_s * 1000
+        self._publisher.xadd_retained(call.call_id, self._keys.calls, fields, oldest_ms)
 
     def _publish_event(self, call: _Call, event: Event) -> None:
         assert self._publisher is not None
@@ -545,12 +550,7 @@ class Gateway:
             encode_in(InEnd(reason)),
             self._settings.in_stream_maxlen,
         )
-        publisher.xadd(
-            call.call_id,
-            self._keys.calls,
-            encode_call(CallEnded(call.call_id, now_ms, reason)),
-            self._settings.calls_maxlen,
-        )
+        self._publish_call_entry(call, encode_call(CallEnded(call.call_id, now_ms, reason)), now_ms)
         self._publish_event(
             call,
             Event(

@@ -42,7 +42,9 @@ class Settings:
     out_stream_maxlen: int = 30_000
     events_maxlen: int = 10_000
     insights_maxlen: int = 100_000
-    calls_maxlen: int = 100_000
+    # cs:calls keeps a day: by age, not count, so no call still running loses its `started`
+    # entry (workers own and fail calls over through it) however many calls start meanwhile.
+    calls_retention_s: int = 86_400
     call_ttl_s: int = 3600
     flush_interval_ms: float = 2.0
     max_backlog_bytes: int = 64 * 1024 * 1024  # waiting for Redis: above it, new calls get 503
@@ -82,7 +84,7 @@ class Settings:
             out_stream_maxlen=_int(env, "CS_OUT_STREAM_MAXLEN", defaults.out_stream_maxlen),
             events_maxlen=_int(env, "CS_EVENTS_MAXLEN", defaults.events_maxlen),
             insights_maxlen=_int(env, "CS_INSIGHTS_MAXLEN", defaults.insights_maxlen),
-            calls_maxlen=_int(env, "CS_CALLS_MAXLEN", defaults.calls_maxlen),
+            calls_retention_s=_int(env, "CS_CALLS_RETENTION_S", defaults.calls_retention_s),
             call_ttl_s=_int(env, "CS_CALL_TTL_S", defaults.call_ttl_s),
             flush_interval_ms=_float(env, "CS_FLUSH_INTERVAL_MS", defaults.flush_interval_ms),
             max_backlog_bytes=_int(env, "CS_MAX_BACKLOG_BYTES", defaults.max_backlog_bytes),

@@ -120,6 +120,7 @@ class _Owned:
     last_id: str  # last processed inbound entry id
     task: asyncio.Task[None] | None = None
     finishing: bool = False  # processed to its end: being acknowledged
+    trimmed: bool = False  # its `started` entry left cs:calls (older than the retention)
     handler: object = None  # the call's CallHandler, once made
 
     @property
@@ -363,8 +364,11 @@ class WorkerRuntime:
         age_s = time.time() - entry.time_ms / 1000
         if call_id in self._calls:
             return  # already ours (redelivered to us): it stays pending until the call ends
-        if age_s > self._settings.call_ttl_s:
-            # A call whose streams have expired: nothing to serve.
+        if age_s > self._settings.call_ttl_s and not await self._redis.exists(
+            self._keys.call_in(call_id)
+        ):
+            # An old call whose streams have expired (a new kind's group starts at the head of
+            # cs:calls): nothing to serve. A long call still running has its stream.
             await self._redis.xack(self._keys.calls, self._group, entry_id)
             return
         checkpoint, handbacks, error = cast(
@@ -444,6 +448,8 @@ class WorkerRuntime:
         mine = await self._pending_ids()
         for owned in list(self._calls.values()):
             if owned.entry_id not in mine and not owned.finishing:
+                if await self._trimmed(owned):
+                    continue
                 # Our heartbeat came too late and another replica took the call over: it
                 # resumes from our last checkpoint, so we stop rather than claim it back.
                 log.warning(
@@ -465,6 +471,25 @@ class WorkerRuntime:
             for owned in self._calls.values():
                 self._queue_checkpoint(pipe, owned)
             await pipe.execute()
+
+    async def _trimmed(self, owned: _Owned) -> bool:
+        """True when the call's `started` entry is no longer in cs:calls at all (trimmed: a
+        call older than CS_CALLS_RETENTION_S), rather than claimed by another replica. XCLAIM
+        drops a deleted entry from the pending list, so our own heartbeat made it vanish: we
+        go on serving the call (another replica could not take it over now)."""
+        assert self._redis is not None
+        if await self._redis.xrange(self._keys.calls, owned.entry_id, owned.entry_id):
+            return False
+        if not owned.trimmed:
+            owned.trimmed = True
+            log.warning(
+                "worker %s: call %s outlived CS_CALLS_RETENTION_S: its `started` entry is gone "
+                "from %s, so it is served here to its end but cannot fail over",
+                self._kind,
+                owned.call.call_id,
+                self._keys.calls,
+            )
+        return True
 
     async def _pending_ids(self) -> set[str]:
         """Ids of the `started` entries this consumer holds in the group's pending list."""

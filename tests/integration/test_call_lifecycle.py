@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import json
+import time
 from collections.abc import AsyncIterator
 from typing import cast
 
@@ -50,6 +52,27 @@ async def test_a_call_is_started_streamed_ended_and_expires(
     assert types == ["call.started", "call.ended"]
     for key in settings.keys.call_keys("life")[::2]:  # in and events exist, with a TTL
         assert 0 < await redis.ttl(key) <= settings.call_ttl_s
+
+
+async def test_cs_calls_keeps_entries_by_age_not_by_count(
+    redis: aioredis.Redis, settings: Settings
+) -> None:
+    """cs:calls drops entries older than CS_CALLS_RETENTION_S when a call is added, however
+    few there are; younger ones stay however many (a count cap would drop the `started`
+    entry of a long call still running, through which workers own it)."""
+    local = dataclasses.replace(settings, calls_retention_s=60)
+    old_ms = int(time.time() * 1000) - 120_000
+    await redis.xadd(local.keys.calls, {"type": "ended", "call_id": "old"}, id=f"{old_ms}-0")
+    recent_ms = int(time.time() * 1000) - 30_000
+    await redis.xadd(local.keys.calls, {"type": "ended", "call_id": "recent"}, id=f"{recent_ms}-0")
+    async with Gateway(local) as gateway:
+        [result] = await simulate(gateway.url, [b"\x20\x00" * 3200], call_ids=["new"], linger_s=0.2)
+        assert result.completed
+        await wait_for_entry(
+            redis, local.keys.calls, lambda f: (f[b"call_id"], f[b"type"]) == (b"new", b"ended"), 5
+        )
+    ids = [fields[b"call_id"] for _, fields in await xrange(redis, local.keys.calls)]
+    assert ids == [b"recent", b"new", b"new"]
 
 
 @pytest.mark.parametrize(

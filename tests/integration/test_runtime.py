@@ -611,10 +611,10 @@ async def test_a_call_whose_first_frame_comes_late_is_served(
     async with runtime(settings, "a") as worker:
         await start_call(redis, settings, "late")
         await until(functools.partial(_owned_by, worker, "late"))
-        reads = await _xread_calls(redis)
+        reads = await _command_calls(redis, "xread")
 
         async def read_empty_several_times() -> bool:
-            return await _xread_calls(redis) >= reads + 5
+            return await _command_calls(redis, "xread") >= reads + 5
 
         await until(read_empty_several_times)
         assert "late" in worker.owned
@@ -622,11 +622,6 @@ async def test_a_call_whose_first_frame_comes_late_is_served(
         await end_call(redis, settings, "late")
         await until(functools.partial(_not_owned, worker, "late"))
     assert await echoed_seqs(redis, settings, "late") == list(range(5))
-
-
-async def _xread_calls(redis: aioredis.Redis) -> int:
-    stats = await redis.info("commandstats")
-    return int(stats.get("cmdstat_xread", {}).get("calls", 0))
 
 
 async def test_a_replica_recreates_its_group_when_redis_lost_its_data(
@@ -670,3 +665,64 @@ async def test_a_replica_waits_for_redis_and_survives_its_restart(
     finally:
         server.kill()
         await client.aclose()
+
+
+# ------------------------------------------------------------------ long calls
+
+
+async def test_a_call_whose_started_entry_left_cs_calls_is_served_to_its_end(
+    redis: aioredis.Redis, settings: Settings
+) -> None:
+    """A call older than CS_CALLS_RETENTION_S loses its `started` entry from cs:calls, and
+    the heartbeat's XCLAIM then drops it from the pending list: that is no takeover, so the
+    owner goes on serving the call."""
+    async with runtime(settings, "a") as worker:
+        await start_call(redis, settings, "long")
+        await add_frames(redis, settings, "long", 0, 5)
+        await until(functools.partial(_owned_by, worker, "long"))
+        await start_call(redis, settings, "newer")  # (keeps cs:calls alive)
+        [(newer_id, _)] = (await xrange(redis, settings.keys.calls))[-1:]
+        await redis.xtrim(settings.keys.calls, minid=newer_id, approximate=False)
+        assert await redis.xlen(settings.keys.calls) == 1  # "long"'s entry is gone
+        claims = await _command_calls(redis, "xclaim")
+
+        async def heartbeats_went_by() -> bool:
+            return await _command_calls(redis, "xclaim") >= claims + 3
+
+        await until(heartbeats_went_by)
+        assert "long" in worker.owned
+        await add_frames(redis, settings, "long", 5, 5)
+        await end_call(redis, settings, "long")
+        await until(functools.partial(_not_owned, worker, "long"))
+    assert await echoed_seqs(redis, settings, "long") == list(range(10))
+
+
+async def test_a_call_older_than_the_ttl_is_served_while_its_stream_exists(
+    redis: aioredis.Redis, settings: Settings
+) -> None:
+    """Age alone does not make a call stale: one started two hours ago and still streaming
+    is served; one whose streams have expired is acknowledged without being served."""
+    two_hours_ago = int(time.time() * 1000) - 7_200_000
+    for call_id in ("long", "expired"):
+        started = CallStarted(call_id, 16000, "mixed", two_hours_ago, "test")
+        await redis.xadd(settings.keys.calls, encode_call(started))
+    await add_frames(redis, settings, "long", 0, 5)
+    await end_call(redis, settings, "long")
+    registry = CollectorRegistry()
+    async with runtime(settings, "a", registry=registry) as worker:
+
+        async def both_handled() -> bool:
+            info = await group_info(redis, settings, "echo")
+            return (info["lag"], info["pending"]) == (0, 0) and not worker.owned
+
+        await until(both_handled)
+    assert await echoed_seqs(redis, settings, "long") == list(range(5))
+    taken = registry.get_sample_value(
+        "callstream_worker_calls_taken_total", {"kind": "echo", "how": "new"}
+    )
+    assert taken == 1  # "long" only
+
+
+async def _command_calls(redis: aioredis.Redis, command: str) -> int:
+    stats = await redis.info("commandstats")
+    return int(stats.get(f"cmdstat_{command}", {}).get("calls", 0))
