@@ -120,7 +120,7 @@ class _Owned:
     last_id: str  # last processed inbound entry id
     task: asyncio.Task[None] | None = None
     finishing: bool = False  # processed to its end: being acknowledged
-    trimmed: bool = False  # its `started` entry left cs:calls (older than the retention)
+    trimmed: bool = False  # its `started` entry left cs:calls (trimmed, or Redis lost it)
     handler: object = None  # the call's CallHandler, once made
 
     @property
@@ -473,18 +473,19 @@ class WorkerRuntime:
             await pipe.execute()
 
     async def _trimmed(self, owned: _Owned) -> bool:
-        """True when the call's `started` entry is no longer in cs:calls at all (trimmed: a
-        call older than CS_CALLS_RETENTION_S), rather than claimed by another replica. XCLAIM
-        drops a deleted entry from the pending list, so our own heartbeat made it vanish: we
-        go on serving the call (another replica could not take it over now)."""
+        """True when the call's `started` entry is no longer in cs:calls at all, rather than
+        claimed by another replica: trimmed (a call older than CS_CALLS_RETENTION_S; XCLAIM
+        then drops it from the pending list, so our own heartbeat made it vanish), or lost with
+        Redis's data. We go on serving the call: no other replica could take it over now."""
         assert self._redis is not None
         if await self._redis.xrange(self._keys.calls, owned.entry_id, owned.entry_id):
             return False
         if not owned.trimmed:
             owned.trimmed = True
             log.warning(
-                "worker %s: call %s outlived CS_CALLS_RETENTION_S: its `started` entry is gone "
-                "from %s, so it is served here to its end but cannot fail over",
+                "worker %s: call %s's `started` entry is gone from %s (older than "
+                "CS_CALLS_RETENTION_S, or Redis lost its data): it is served here to its end "
+                "but can no longer fail over",
                 self._kind,
                 owned.call.call_id,
                 self._keys.calls,

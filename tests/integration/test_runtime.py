@@ -628,17 +628,20 @@ async def test_a_replica_recreates_its_group_when_redis_lost_its_data(
     redis: aioredis.Redis, settings: Settings
 ) -> None:
     """cs:calls and the group vanish (a Redis restart without persistence, as clients see it):
-    the replica recreates its group and serves the calls started afterwards."""
+    the replica recreates its group and serves the calls started afterwards, and goes on
+    serving the call it had (its gateway goes on streaming it)."""
     async with runtime(settings, "a") as worker:
         await start_call(redis, settings, "before")
         await until(functools.partial(_owned_by, worker, "before"))
         await redis.delete(settings.keys.calls)
         await start_call(redis, settings, "after")
         await until(functools.partial(_owned_by, worker, "after"))
-        await add_frames(redis, settings, "after", 0, 5)
-        await end_call(redis, settings, "after")
-        await until(functools.partial(_not_owned, worker, "after"))
-    assert await echoed_seqs(redis, settings, "after") == list(range(5))
+        for call_id in ("before", "after"):
+            await add_frames(redis, settings, call_id, 0, 5)
+            await end_call(redis, settings, call_id)
+            await until(functools.partial(_not_owned, worker, call_id))
+    for call_id in ("before", "after"):
+        assert await echoed_seqs(redis, settings, call_id) == list(range(5))
 
 
 async def test_a_replica_waits_for_redis_and_survives_its_restart(
