@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from bench import egress, ingest, transcribe
+from bench import egress, ingest, soak, transcribe
 
 
 def main() -> int:
@@ -22,6 +22,9 @@ def main() -> int:
             "transcribe", help=transcribe.__doc__.splitlines()[0] if transcribe.__doc__ else None
         )
     )
+    soak.add_arguments(
+        sub.add_parser("soak", help=soak.__doc__.splitlines()[0] if soak.__doc__ else None)
+    )
     args = parser.parse_args()
     if args.bench == "ingest":
         return ingest.main(args)
@@ -29,6 +32,8 @@ def main() -> int:
         return egress.main(args)
     if args.bench == "transcribe":
         return transcribe.main(args)
+    if args.bench == "soak":
+        return soak.main(args)
     return 2
 
 

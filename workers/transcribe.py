@@ -225,6 +225,7 @@ class Transcriber:
 
 
 START_TS_FIELD = "transcribe_start_ts_ms"  # in the call's state hash (CallContext.state_key)
+REPUBLISH_WINDOW = 2000  # events a new owner looks back over for what was published already
 
 
 class TranscribeHandler:
@@ -233,13 +234,22 @@ class TranscribeHandler:
         self._keys = ctx.settings.keys
         self._call_id = ctx.call.call_id
         self._core = Transcriber(self._call_id, ctx.call.rate_hz, engine)
-        self._started = ctx.resume_from is None
+        self._started = False
         self._start_saved = False
+        # What a previous owner already published: this one re-reads from the checkpoint (or
+        # from the start, if that owner died before saving one), and what it hears again is
+        # not published again — the same ids, and anything about an utterance the previous
+        # owner finalised (its recogniser and detector start afresh, so an onset can move by a
+        # frame and a text change: the first final of an utterance stands).
+        self._published: set[str] = set()
+        self._finalised: dict[str, list[tuple[int, int]]] = {}  # channel → (onset, end) ms
 
     async def handle(self, batch: Sequence[tuple[str, InEntry]]) -> None:
         if not self._started:
-            # Taken over mid-call: offsets still count from the call's first frame.
-            self._core.start_ts_ms = await self._call_start_ts()
+            if self._ctx.resume_from is not None:
+                # Taken over mid-call: offsets still count from the call's first frame.
+                self._core.start_ts_ms = await self._call_start_ts()
+            await self._load_published()
             self._started = True
         frames = [(entry_id, entry) for entry_id, entry in batch if isinstance(entry, InFrame)]
         ended = any(isinstance(entry, InEnd) for _, entry in batch)
@@ -278,8 +288,51 @@ class TranscribeHandler:
                 return entry.ts_ms
         return None
 
+    async def _load_published(self) -> None:
+        """The call's last events: more than a new owner can hear again (it re-reads at most
+        an utterance, 20 s, and a heartbeat)."""
+        raw = cast(
+            StreamEntries,
+            await self._ctx.redis.xrevrange(
+                self._keys.call_events(self._call_id), count=REPUBLISH_WINDOW
+            ),
+        )
+        for _, fields in raw:
+            try:
+                event = Event.from_fields(fields)
+            except (KeyError, ValueError, TypeError):
+                continue  # not an event of ours
+            self._published.add(event.id)
+            where = self._utterance_of(event)
+            final = event.type == TRANSCRIPT and event.data.get("resultStatus") == "Final"
+            if where is not None and final:
+                channel, onset_ms = where
+                end_ms = onset_ms + int(event.data["duration"]) // TICKS_PER_MS
+                self._finalised.setdefault(channel, []).append((onset_ms, end_ms))
+
+    def _utterance_of(self, event: Event) -> tuple[str, int] | None:
+        """(channel, onset ms) from a transcriber event's id: ``{call}:{type}:{channel}:
+        {onset}…``."""
+        parts = event.id[len(self._call_id) + 1 :].split(":")
+        if len(parts) < 3 or not parts[2].isdigit():
+            return None
+        return parts[1], int(parts[2])
+
+    def _heard_before(self, event: Event) -> bool:
+        if event.id in self._published:
+            return True
+        where = self._utterance_of(event)
+        if where is None:
+            return False
+        channel, onset_ms = where
+        return any(start <= onset_ms <= end for start, end in self._finalised.get(channel, ()))
+
     async def _publish(self, events: Sequence[Event]) -> None:
         settings = self._ctx.settings
+        if self._published:
+            events = [e for e in events if not self._heard_before(e)]
+            if not events:
+                return
         async with self._ctx.redis.pipeline(transaction=False) as pipe:
             for event in events:
                 fields = event.fields()

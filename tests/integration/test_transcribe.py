@@ -347,6 +347,72 @@ async def test_three_replicas_survive_the_owner_stopping_mid_utterance(
     assert list(got.values()) == [(e.data["offset"], e.data["text"]) for e in expected]
 
 
+async def test_a_new_owner_does_not_publish_again_what_the_dead_one_published(
+    settings: Settings, redis: aioredis.Redis, call_audio: tuple[bytes, list[int]]
+) -> None:
+    """The owner publishes the first sentence's final and dies before it saved a checkpoint
+    past it (its heartbeat is 30 s): the new owner hears that sentence again, from the call's
+    start, and publishes its final no second time. Every final id once, all equal to the
+    offline decode."""
+    audio, _ = call_audio
+    expected = finals(await asyncio.to_thread(offline, audio))
+    frames = in_frames(audio, start_ms=1_700_000_000_000)
+    key = settings.keys.call_in("replayed")
+    env = {**os.environ, "REDIS_URL": settings.redis_url, "CS_PREFIX": settings.prefix}
+
+    async def replica(name: str, heartbeat_s: float) -> asyncio.subprocess.Process:
+        return await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "callstream",
+            "worker",
+            "transcribe",
+            "--consumer",
+            name,
+            "--heartbeat-s",
+            str(heartbeat_s),
+            env=env,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+
+    first = await replica("slow-heart", 30.0)
+    second = None
+    try:
+        await redis.xadd(
+            settings.keys.calls,
+            encode_call(CallStarted("replayed", RATE, "mixed", int(time.time() * 1000), "test")),
+        )
+        await _add(redis, key, frames)
+        await wait_for_entry(
+            redis,
+            settings.keys.call_events("replayed"),
+            lambda f: f[b"id"] == expected[0].id.replace("offline", "replayed").encode(),
+            30,
+        )
+        first.kill()
+        await first.wait()
+        second = await replica("quick-heart", 0.3)
+        await redis.xadd(key, encode_in(InEnd("normal")))
+        group = settings.keys.group("transcribe")
+
+        async def done() -> bool:
+            return not await redis.xpending_range(settings.keys.calls, group, "-", "+", 10)
+
+        await until(done, timeout_s=60)
+    finally:
+        for process in (first, second):
+            if process is not None and process.returncode is None:
+                process.kill()
+                await process.wait()
+    published = finals(await read_events(redis, settings.keys.call_events("replayed")))
+    ids = [event.id for event in published]
+    assert len(ids) == len(set(ids)), ids  # the first sentence's final came out once
+    assert [(e.data["offset"], e.data["text"]) for e in published] == [
+        (e.data["offset"], e.data["text"]) for e in expected
+    ]
+
+
 async def xrange_head(redis: aioredis.Redis, key: str, count: int) -> StreamEntries:
     return cast(StreamEntries, await redis.xrange(key, count=count))
 
