@@ -96,6 +96,11 @@ def gateway(env: Mapping[str, str]) -> tuple[list[str], int]:
     return argv, port
 
 
+def worker(kind: str, *options: str) -> list[str]:
+    """The command line of a ``callstream worker`` process of ``kind``."""
+    return [sys.executable, "-m", "callstream", "--log-level", "WARNING", "worker", kind, *options]
+
+
 def bare(env: Mapping[str, str]) -> tuple[list[str], int]:
     del env
     port = free_port()

@@ -20,7 +20,6 @@ import dataclasses
 import json
 import os
 import signal
-import sys
 import time
 import uuid
 from collections import defaultdict
@@ -74,17 +73,7 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
         name = f"r{started}"
         started += 1
         replicas[name] = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "callstream",
-            "--log-level",
-            "WARNING",
-            "worker",
-            "transcribe",
-            "--consumer",
-            name,
-            "--heartbeat-s",
-            str(HEARTBEAT_S),
+            *servers.worker("transcribe", "--consumer", name, "--heartbeat-s", str(HEARTBEAT_S)),
             env={**os.environ, **env},
             stderr=asyncio.subprocess.DEVNULL,
         )

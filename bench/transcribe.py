@@ -21,7 +21,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -123,16 +122,7 @@ async def pipeline(audio: bytes, calls: int, redis_url: str) -> dict[str, Any]:
     latencies: list[float] = []
     argv, port = servers.gateway(env)
     worker = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "callstream",
-        "--log-level",
-        "WARNING",
-        "worker",
-        "transcribe",
-        "--max-calls",
-        str(calls),
-        env={**os.environ, **env},
+        *servers.worker("transcribe", "--max-calls", str(calls)), env={**os.environ, **env}
     )
     redis = aioredis.Redis.from_url(redis_url)
     try:

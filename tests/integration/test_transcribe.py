@@ -275,24 +275,7 @@ async def test_three_replicas_survive_the_owner_stopping_mid_utterance(
     frames = in_frames(audio, start_ms=1_700_000_000_000)
     cut = (onsets[0] + 1500) // 20
     key = settings.keys.call_in("killed")
-    env = {**os.environ, "REDIS_URL": settings.redis_url, "CS_PREFIX": settings.prefix}
-    replicas = {
-        name: await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "callstream",
-            "worker",
-            "transcribe",
-            "--consumer",
-            name,
-            "--heartbeat-s",
-            "0.3",
-            env=env,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.DEVNULL,
-        )
-        for name in ("r1", "r2", "r3")
-    }
+    replicas = {name: await transcribe_replica(settings, name, 0.3) for name in ("r1", "r2", "r3")}
     group = settings.keys.group("transcribe")
     try:
 
@@ -358,25 +341,7 @@ async def test_a_new_owner_does_not_publish_again_what_the_dead_one_published(
     expected = finals(await asyncio.to_thread(offline, audio))
     frames = in_frames(audio, start_ms=1_700_000_000_000)
     key = settings.keys.call_in("replayed")
-    env = {**os.environ, "REDIS_URL": settings.redis_url, "CS_PREFIX": settings.prefix}
-
-    async def replica(name: str, heartbeat_s: float) -> asyncio.subprocess.Process:
-        return await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "callstream",
-            "worker",
-            "transcribe",
-            "--consumer",
-            name,
-            "--heartbeat-s",
-            str(heartbeat_s),
-            env=env,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.DEVNULL,
-        )
-
-    first = await replica("slow-heart", 30.0)
+    first = await transcribe_replica(settings, "slow-heart", 30.0)
     second = None
     try:
         await redis.xadd(
@@ -392,7 +357,7 @@ async def test_a_new_owner_does_not_publish_again_what_the_dead_one_published(
         )
         first.kill()
         await first.wait()
-        second = await replica("quick-heart", 0.3)
+        second = await transcribe_replica(settings, "quick-heart", 0.3)
         await redis.xadd(key, encode_in(InEnd("normal")))
         group = settings.keys.group("transcribe")
 
@@ -411,6 +376,27 @@ async def test_a_new_owner_does_not_publish_again_what_the_dead_one_published(
     assert [(e.data["offset"], e.data["text"]) for e in published] == [
         (e.data["offset"], e.data["text"]) for e in expected
     ]
+
+
+async def transcribe_replica(
+    settings: Settings, name: str, heartbeat_s: float
+) -> asyncio.subprocess.Process:
+    """A `callstream worker transcribe` process named ``name`` in the group."""
+    env = {**os.environ, "REDIS_URL": settings.redis_url, "CS_PREFIX": settings.prefix}
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "callstream",
+        "worker",
+        "transcribe",
+        "--consumer",
+        name,
+        "--heartbeat-s",
+        str(heartbeat_s),
+        env=env,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
 
 
 async def xrange_head(redis: aioredis.Redis, key: str, count: int) -> StreamEntries:
