@@ -478,18 +478,19 @@ class WorkerRuntime:
         then drops it from the pending list, so our own heartbeat made it vanish), or lost with
         Redis's data. We go on serving the call: no other replica could take it over now."""
         assert self._redis is not None
+        if owned.trimmed:
+            return True  # a removed entry does not come back: no need to look again
         if await self._redis.xrange(self._keys.calls, owned.entry_id, owned.entry_id):
             return False
-        if not owned.trimmed:
-            owned.trimmed = True
-            log.warning(
-                "worker %s: call %s's `started` entry is gone from %s (older than "
-                "CS_CALLS_RETENTION_S, or Redis lost its data): it is served here to its end "
-                "but can no longer fail over",
-                self._kind,
-                owned.call.call_id,
-                self._keys.calls,
-            )
+        owned.trimmed = True
+        log.warning(
+            "worker %s: call %s's `started` entry is gone from %s (older than "
+            "CS_CALLS_RETENTION_S, or Redis lost its data): it is served here to its end "
+            "but can no longer fail over",
+            self._kind,
+            owned.call.call_id,
+            self._keys.calls,
+        )
         return True
 
     async def _pending_ids(self) -> set[str]:
