@@ -19,8 +19,8 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from shared.errors import ProtocolError
-from shared.protocols.acs import AudioData, InboundSession
+from callstream.shared.errors import ProtocolError
+from callstream.shared.protocols.acs import AudioData, InboundSession
 
 
 class Counter:

@@ -23,11 +23,11 @@ import redis.asyncio as aioredis
 
 from bench import servers
 from bench.ingest import cleanup
+from callstream.shared.audio import chunk, is_silent
+from callstream.shared.entries import OutAudio, XReadReply, encode_out
+from callstream.shared.keys import Keys
+from callstream.shared.settings import DEFAULT_REDIS_URL
 from callstream.simulate import simulate
-from shared.audio import chunk, is_silent
-from shared.entries import OutAudio, XReadReply, encode_out
-from shared.keys import Keys
-from shared.settings import DEFAULT_REDIS_URL
 
 RATE = 16000
 CHUNK_BYTES = 4410  # not a multiple of the 640-byte frame

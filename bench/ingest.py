@@ -26,7 +26,7 @@ import numpy as np
 import redis.asyncio as aioredis
 
 from bench import load, servers
-from shared.settings import DEFAULT_REDIS_URL
+from callstream.shared.settings import DEFAULT_REDIS_URL
 
 
 async def _server_frames(server: servers.Server) -> int:

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from websockets.asyncio.client import ClientConnection, connect
 
+from callstream.shared.audio import FRAME_MS, frame_bytes_for
 from callstream.simulate import metadata_message
-from shared.audio import FRAME_MS, frame_bytes_for
 
 SUBSLOTS = 10  # calls are spread over this many sub-slots of the 20 ms period
 

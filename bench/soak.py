@@ -30,14 +30,14 @@ import redis.asyncio as aioredis
 from bench import servers
 from bench.ingest import cleanup
 from bench.transcribe import RATE, frames_of, speech
+from callstream.shared.audio import is_silent
+from callstream.shared.entries import StreamEntries
+from callstream.shared.events import Event
+from callstream.shared.settings import DEFAULT_REDIS_URL, Settings
 from callstream.simulate import simulate
-from shared.audio import is_silent
-from shared.entries import StreamEntries
-from shared.events import Event
-from shared.settings import DEFAULT_REDIS_URL, Settings
-from workers.stt.pocketsphinx_engine import pocketsphinx_factory
-from workers.stt.transcript import TRANSCRIPT
-from workers.transcribe import Transcriber
+from callstream.workers.stt.pocketsphinx_engine import pocketsphinx_factory
+from callstream.workers.stt.transcript import TRANSCRIPT
+from callstream.workers.transcribe import Transcriber
 
 HEARTBEAT_S = 0.5
 

@@ -35,13 +35,13 @@ import redis.asyncio as aioredis
 from bench import servers
 from bench.ingest import cleanup
 from callstream.emulator.wav import load_wav
+from callstream.shared.entries import InFrame, StreamEntries
+from callstream.shared.events import Event
+from callstream.shared.settings import DEFAULT_REDIS_URL, Settings
 from callstream.simulate import simulate
-from shared.entries import InFrame, StreamEntries
-from shared.events import Event
-from shared.settings import DEFAULT_REDIS_URL, Settings
-from workers.stt.pocketsphinx_engine import pocketsphinx_factory
-from workers.stt.transcript import TICKS_PER_MS, TRANSCRIPT
-from workers.transcribe import Transcriber
+from callstream.workers.stt.pocketsphinx_engine import pocketsphinx_factory
+from callstream.workers.stt.transcript import TICKS_PER_MS, TRANSCRIPT
+from callstream.workers.transcribe import Transcriber
 
 RATE = 16000
 FRAME = RATE // 50 * 2

@@ -14,10 +14,10 @@ import sys
 from collections.abc import Sequence
 
 from callstream import demo, simulate
-from ingress import cli as ingress_cli
-from shared.errors import CallstreamError, ConfigError
-from shared.settings import Settings
-from workers import cli as workers_cli
+from callstream.ingress import cli as ingress_cli
+from callstream.shared.errors import CallstreamError, ConfigError
+from callstream.shared.settings import Settings
+from callstream.workers import cli as workers_cli
 
 
 def build_parser() -> argparse.ArgumentParser:

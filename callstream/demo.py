@@ -24,19 +24,19 @@ import numpy as np
 import redis.asyncio as aioredis
 
 from callstream.emulator.wav import write_wav
+from callstream.ingress.server import Gateway
 from callstream.localredis import ensure_redis
+from callstream.shared.audio import Mode, chunk, frame_bytes_for, is_silent, mix
+from callstream.shared.entries import StreamEntries, XReadReply
+from callstream.shared.events import DTMF, Event
+from callstream.shared.settings import Settings
 from callstream.simulate import CallResult, participant_ids, simulate
 from callstream.speech import flite_available, speak
-from ingress.server import Gateway
-from shared.audio import Mode, chunk, frame_bytes_for, is_silent, mix
-from shared.entries import StreamEntries, XReadReply
-from shared.events import DTMF, Event
-from shared.settings import Settings
-from workers.echo import echo_factory
-from workers.runtime import WorkerRuntime
-from workers.stt.pocketsphinx_engine import pocketsphinx_factory
-from workers.stt.transcript import TICKS_PER_MS, TRANSCRIPT
-from workers.transcribe import transcribe_factory
+from callstream.workers.echo import echo_factory
+from callstream.workers.runtime import WorkerRuntime
+from callstream.workers.stt.pocketsphinx_engine import pocketsphinx_factory
+from callstream.workers.stt.transcript import TICKS_PER_MS, TRANSCRIPT
+from callstream.workers.transcribe import transcribe_factory
 
 
 def synth_talker(

@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from shared.errors import ConfigError
+from callstream.shared.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -32,10 +32,10 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 from callstream.emulator.playback import Playback
 from callstream.emulator.speakers import DominantSpeakers
 from callstream.emulator.wav import load_wav, write_wav
-from shared.audio import FRAME_MS, Mode, as_int16, chunk, frame_bytes_for, is_silent, mix
-from shared.errors import ConfigError, ProtocolError
-from shared.events import iso_time
-from shared.protocols.acs import OutboundAudio, StopAudio, parse_outbound
+from callstream.shared.audio import FRAME_MS, Mode, as_int16, chunk, frame_bytes_for, is_silent, mix
+from callstream.shared.errors import ConfigError, ProtocolError
+from callstream.shared.events import iso_time
+from callstream.shared.protocols.acs import OutboundAudio, StopAudio, parse_outbound
 
 FRAME_S = FRAME_MS / 1000
 SUBSLOTS = 10  # concurrent calls are spread over this many sub-slots of the 20 ms period

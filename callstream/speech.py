@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 
 from callstream.emulator.wav import load_wav
-from shared.errors import ConfigError
+from callstream.shared.errors import ConfigError
 
 
 def flite_available() -> bool:

@@ -22,12 +22,12 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from redis.exceptions import RedisError
 from redis.typing import KeyT, StreamIdT
 
-from egress.playout import MarkReached, Playout, SendFrame, SendStop
-from shared.audio import FRAME_MS, AudioFormat
-from shared.entries import EntryError, XReadReply, decode_out
-from shared.events import PLAYBACK_MARK, Event
-from shared.protocols.acs import build_audio_data, build_stop_audio
-from shared.settings import Settings
+from callstream.egress.playout import MarkReached, Playout, SendFrame, SendStop
+from callstream.shared.audio import FRAME_MS, AudioFormat
+from callstream.shared.entries import EntryError, XReadReply, decode_out
+from callstream.shared.events import PLAYBACK_MARK, Event
+from callstream.shared.protocols.acs import build_audio_data, build_stop_audio
+from callstream.shared.settings import Settings
 
 log = logging.getLogger(__name__)
 

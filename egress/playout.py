@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 
-from shared.entries import OutAudio, OutEntry, OutMark, OutStop
+from callstream.shared.entries import OutAudio, OutEntry, OutMark, OutStop
 
 
 @dataclass(frozen=True, slots=True)

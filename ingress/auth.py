@@ -16,8 +16,8 @@ from typing import Any
 
 import jwt
 
-from shared.errors import AuthError, ConfigError
-from shared.settings import AuthSettings
+from callstream.shared.errors import AuthError, ConfigError
+from callstream.shared.settings import AuthSettings
 
 ALGORITHMS = ["RS256"]
 JWKS_CACHE_S = 3600

@@ -8,8 +8,8 @@ import logging
 import signal
 from typing import Any
 
-from ingress.server import Gateway
-from shared.settings import Settings
+from callstream.ingress.server import Gateway
+from callstream.shared.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -33,8 +33,8 @@ from urllib.parse import unquote, urlsplit
 
 import hiredis
 
-from ingress.metrics import IngressMetrics
-from shared.entries import Fields
+from callstream.ingress.metrics import IngressMetrics
+from callstream.shared.entries import Fields
 
 log = logging.getLogger(__name__)
 

@@ -26,14 +26,14 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from egress.hub import EgressHub
-from ingress import redis_client
-from ingress.auth import TokenValidator
-from ingress.metrics import IngressMetrics
-from ingress.publisher import Publisher
-from shared.audio import Mode
-from shared.channels import ChannelMap
-from shared.entries import (
+from callstream.egress.hub import EgressHub
+from callstream.ingress import redis_client
+from callstream.ingress.auth import TokenValidator
+from callstream.ingress.metrics import IngressMetrics
+from callstream.ingress.publisher import Publisher
+from callstream.shared.audio import Mode
+from callstream.shared.channels import ChannelMap
+from callstream.shared.entries import (
     CallEnded,
     CallStarted,
     Fields,
@@ -42,7 +42,7 @@ from shared.entries import (
     encode_call,
     encode_in,
 )
-from shared.errors import (
+from callstream.shared.errors import (
     CLOSE_INTERNAL_ERROR,
     CLOSE_MESSAGE_TOO_BIG,
     CLOSE_POLICY_VIOLATION,
@@ -51,11 +51,11 @@ from shared.errors import (
     ProtocolError,
     UnsupportedData,
 )
-from shared.events import CALL_ENDED, CALL_STARTED, DTMF, Event, parse_iso_ms
-from shared.keys import validate_call_id
-from shared.protocols.acs import AudioData, AudioMetadata, DtmfData, InboundSession
-from shared.resp import FrameXadd
-from shared.settings import Settings
+from callstream.shared.events import CALL_ENDED, CALL_STARTED, DTMF, Event, parse_iso_ms
+from callstream.shared.keys import validate_call_id
+from callstream.shared.protocols.acs import AudioData, AudioMetadata, DtmfData, InboundSession
+from callstream.shared.resp import FrameXadd
+from callstream.shared.settings import Settings
 
 log = logging.getLogger(__name__)
 

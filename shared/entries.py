@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from shared.audio import AudioFormat, Mode
+from callstream.shared.audio import AudioFormat, Mode
 
 # What XADD accepts (the same union as redis-py's FieldT/EncodableT, without importing it).
 FieldValue = bytes | bytearray | memoryview | str | int | float

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from shared.entries import Fields
+from callstream.shared.entries import Fields
 
 SCHEMA_VERSION = 1
 

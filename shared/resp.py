@@ -10,7 +10,7 @@ entries are exactly those :func:`~shared.entries.decode_in` reads. Sans-I/O.
 
 from __future__ import annotations
 
-from shared.entries import InFrame
+from callstream.shared.entries import InFrame
 
 _FRAME_FIELDS = 7  # kind, seq, ts, participant, channel, silent, pcm: see encode_in
 _FRAME_ARGS = 6 + 2 * _FRAME_FIELDS  # XADD key MAXLEN ~ n * + field/value pairs

@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from shared.errors import ConfigError
-from shared.keys import Keys
+from callstream.shared.errors import ConfigError
+from callstream.shared.keys import Keys
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
-from shared.settings import DEFAULT_REDIS_URL, Settings
+from callstream.shared.settings import DEFAULT_REDIS_URL, Settings
 from tests.helpers import RedisProcess, free_port
 
 

@@ -15,8 +15,8 @@ from typing import cast
 import redis.asyncio as aioredis
 
 from callstream.localredis import server_args
-from shared.entries import Fields, StreamEntries, XReadReply
-from shared.events import Event
+from callstream.shared.entries import Fields, StreamEntries, XReadReply
+from callstream.shared.events import Event
 
 
 def as_redis(fields: Fields) -> dict[bytes, bytes]:

@@ -13,8 +13,8 @@ from typing import Protocol, runtime_checkable
 
 import redis.asyncio as aioredis
 
-from shared.entries import CallStarted, InEntry
-from shared.settings import Settings
+from callstream.shared.entries import CallStarted, InEntry
+from callstream.shared.settings import Settings
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,13 +16,13 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, start_http_server
 
-from shared.errors import ConfigError
-from shared.settings import Settings
-from workers.base import HandlerFactory
-from workers.echo import echo_factory
-from workers.runtime import WorkerRuntime
-from workers.stt.pocketsphinx_engine import pocketsphinx_factory
-from workers.transcribe import transcribe_factory
+from callstream.shared.errors import ConfigError
+from callstream.shared.settings import Settings
+from callstream.workers.base import HandlerFactory
+from callstream.workers.echo import echo_factory
+from callstream.workers.runtime import WorkerRuntime
+from callstream.workers.stt.pocketsphinx_engine import pocketsphinx_factory
+from callstream.workers.transcribe import transcribe_factory
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +135,7 @@ def register(subparsers: Any) -> None:
 def _transcribe_factory(args: argparse.Namespace) -> HandlerFactory:
     if args.engine == "azure":
         # Imported here: the SDK is only loaded by replicas that use it.
-        from workers.stt.azure_engine import (  # noqa: PLC0415
+        from callstream.workers.stt.azure_engine import (  # noqa: PLC0415
             AzureSpeechSettings,
             azure_factory,
             check_service,

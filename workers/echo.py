@@ -12,8 +12,8 @@ import contextlib
 import logging
 from collections.abc import Sequence
 
-from shared.entries import InEntry, InFrame, OutAudio, encode_out
-from workers.base import CallContext, CallHandler, HandlerFactory
+from callstream.shared.entries import InEntry, InFrame, OutAudio, encode_out
+from callstream.workers.base import CallContext, CallHandler, HandlerFactory
 
 log = logging.getLogger(__name__)
 

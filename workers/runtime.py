@@ -34,7 +34,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from redis.exceptions import RedisError, ResponseError
 from redis.typing import StreamIdT
 
-from shared.entries import (
+from callstream.shared.entries import (
     CallEnded,
     CallStarted,
     EntryError,
@@ -47,9 +47,9 @@ from shared.entries import (
     parse_id,
     previous_id,
 )
-from shared.events import WORKER_FAILED, Event
-from shared.settings import Settings
-from workers.base import CallContext, CallHandler, HandlerFactory, ResumePoint
+from callstream.shared.events import WORKER_FAILED, Event
+from callstream.shared.settings import Settings
+from callstream.workers.base import CallContext, CallHandler, HandlerFactory, ResumePoint
 
 log = logging.getLogger(__name__)
 

@@ -27,11 +27,11 @@ from typing import cast
 import numpy as np
 import soxr
 
-from shared.entries import InEnd, InEntry, InFrame, StreamEntries, decode_in, parse_id
-from shared.events import Event
-from workers.base import CallContext, CallHandler, HandlerFactory
-from workers.stt.engine import Recognizer, RecognizerFactory, Result
-from workers.stt.transcript import (
+from callstream.shared.entries import InEnd, InEntry, InFrame, StreamEntries, decode_in, parse_id
+from callstream.shared.events import Event
+from callstream.workers.base import CallContext, CallHandler, HandlerFactory
+from callstream.workers.stt.engine import Recognizer, RecognizerFactory, Result
+from callstream.workers.stt.transcript import (
     SPEECH_STARTED,
     SPEECH_STOPPED,
     TICKS_PER_MS,
@@ -39,7 +39,7 @@ from workers.stt.transcript import (
     transcript_event_id,
     transcription_data,
 )
-from workers.vad import (
+from callstream.workers.vad import (
     FRAME_MS,
     PREROLL_FRAMES,
     START_WINDOW,

@@ -8,7 +8,7 @@ import numpy as np
 import numpy.typing as npt
 import soxr
 
-from shared.errors import ConfigError
+from callstream.shared.errors import ConfigError
 
 
 def _samples(raw: bytes, width: int) -> npt.NDArray[np.float64]:

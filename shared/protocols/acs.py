@@ -21,8 +21,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from shared.audio import SUPPORTED_RATES_HZ, AudioFormat, frame_bytes_for
-from shared.errors import InvalidFormat, InvalidFrame, MalformedMessage, OutOfOrder, UnknownKind
+from callstream.shared.audio import SUPPORTED_RATES_HZ, AudioFormat, frame_bytes_for
+from callstream.shared.errors import (
+    InvalidFormat,
+    InvalidFrame,
+    MalformedMessage,
+    OutOfOrder,
+    UnknownKind,
+)
 
 __all__ = [
     "AudioData",

@@ -19,9 +19,9 @@ import redis.asyncio as aioredis
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from callstream.ingress.server import Gateway
+from callstream.shared.settings import Settings
 from callstream.simulate import simulate
-from ingress.server import Gateway
-from shared.settings import Settings
 from tests.helpers import wait_for_end
 
 RATE = 16000

@@ -15,10 +15,10 @@ import redis.asyncio as aioredis
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
+from callstream.ingress.server import Gateway
+from callstream.shared.entries import CallEnded, CallStarted, InFrame, decode_call, decode_in
+from callstream.shared.settings import Settings
 from callstream.simulate import metadata_message, simulate
-from ingress.server import Gateway
-from shared.entries import CallEnded, CallStarted, InFrame, decode_call, decode_in
-from shared.settings import Settings
 from tests.helpers import events, wait_for_end, wait_for_entry, xrange
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.settings import Settings
+from callstream.shared.settings import Settings
 from tests.helpers import word_error_rate
 
 

@@ -18,12 +18,12 @@ from websockets.http11 import Response
 
 from callstream.demo import synth_talker
 from callstream.emulator.wav import load_wav, write_wav
+from callstream.shared.audio import chunk, is_silent
+from callstream.shared.errors import ProtocolError
+from callstream.shared.events import parse_iso_ms
+from callstream.shared.protocols.acs import AudioData, AudioMetadata, DtmfData, InboundSession
+from callstream.shared.settings import Settings
 from callstream.simulate import simulate
-from shared.audio import chunk, is_silent
-from shared.errors import ProtocolError
-from shared.events import parse_iso_ms
-from shared.protocols.acs import AudioData, AudioMetadata, DtmfData, InboundSession
-from shared.settings import Settings
 from tests.helpers import free_port
 
 RATE = 16000

@@ -13,16 +13,16 @@ import pytest
 import redis.asyncio as aioredis
 
 from callstream.demo import synth_talker
+from callstream.ingress.server import Gateway
+from callstream.shared.audio import chunk, frame_bytes_for, is_silent, mix
+from callstream.shared.entries import OutAudio, OutMark, OutStop, encode_out
+from callstream.shared.events import PLAYBACK_MARK
+from callstream.shared.settings import Settings
 from callstream.simulate import simulate
-from ingress.server import Gateway
-from shared.audio import chunk, frame_bytes_for, is_silent, mix
-from shared.entries import OutAudio, OutMark, OutStop, encode_out
-from shared.events import PLAYBACK_MARK
-from shared.settings import Settings
+from callstream.workers.echo import echo_factory
+from callstream.workers.runtime import WorkerRuntime
 from tests.helpers import events as read_events
 from tests.helpers import wait_for_event, xrange
-from workers.echo import echo_factory
-from workers.runtime import WorkerRuntime
 
 
 @pytest.fixture

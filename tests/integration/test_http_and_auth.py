@@ -20,11 +20,11 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
+from callstream.ingress.publisher import FLUSH_TIMEOUT_S
+from callstream.ingress.server import Gateway
+from callstream.shared.errors import ConfigError
+from callstream.shared.settings import AuthSettings, Settings
 from callstream.simulate import CallResult, simulate
-from ingress.publisher import FLUSH_TIMEOUT_S
-from ingress.server import Gateway
-from shared.errors import ConfigError
-from shared.settings import AuthSettings, Settings
 from tests.helpers import RedisProcess, free_port, until, xrange
 
 ISSUER = "https://acscallautomation.communication.azure.com"

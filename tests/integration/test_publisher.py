@@ -7,11 +7,11 @@ import asyncio
 import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry
 
-from ingress.metrics import IngressMetrics
-from ingress.publisher import MAX_BATCH, PUBLISHER_CLIENT_NAME, Publisher
-from shared.entries import InFrame, decode_in
-from shared.resp import FrameXadd
-from shared.settings import Settings
+from callstream.ingress.metrics import IngressMetrics
+from callstream.ingress.publisher import MAX_BATCH, PUBLISHER_CLIENT_NAME, Publisher
+from callstream.shared.entries import InFrame, decode_in
+from callstream.shared.resp import FrameXadd
+from callstream.shared.settings import Settings
 from tests.helpers import xrange
 
 PCM = bytes(range(256)) * 2 + bytes(128)  # 640 bytes, not all zero

@@ -21,7 +21,7 @@ from typing import Any, cast
 import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry
 
-from shared.entries import (
+from callstream.shared.entries import (
     CallStarted,
     InEnd,
     InEntry,
@@ -30,13 +30,13 @@ from shared.entries import (
     encode_call,
     encode_in,
 )
-from shared.events import WORKER_FAILED
-from shared.settings import Settings
+from callstream.shared.events import WORKER_FAILED
+from callstream.shared.settings import Settings
+from callstream.workers.base import CallContext, CallHandler
+from callstream.workers.echo import echo_factory
+from callstream.workers.runtime import WorkerRuntime
 from tests.helpers import RedisProcess, free_port, until, xrange
 from tests.helpers import events as read_events
-from workers.base import CallContext, CallHandler
-from workers.echo import echo_factory
-from workers.runtime import WorkerRuntime
 
 HEARTBEAT_S = 0.1
 

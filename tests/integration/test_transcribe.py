@@ -19,18 +19,30 @@ import pytest
 import redis.asyncio as aioredis
 
 from callstream.emulator.wav import load_wav
+from callstream.ingress.server import Gateway
+from callstream.shared.entries import (
+    CallStarted,
+    InEnd,
+    InFrame,
+    StreamEntries,
+    encode_call,
+    encode_in,
+)
+from callstream.shared.events import Event
+from callstream.shared.settings import Settings
 from callstream.simulate import participant_ids, simulate
-from ingress.server import Gateway
-from shared.entries import CallStarted, InEnd, InFrame, StreamEntries, encode_call, encode_in
-from shared.events import Event
-from shared.settings import Settings
+from callstream.workers.runtime import WorkerRuntime
+from callstream.workers.stt.engine import RecognizerFailed
+from callstream.workers.stt.pocketsphinx_engine import pocketsphinx_factory
+from callstream.workers.stt.transcript import (
+    SPEECH_STARTED,
+    SPEECH_STOPPED,
+    TICKS_PER_MS,
+    TRANSCRIPT,
+)
+from callstream.workers.transcribe import Transcriber, transcribe_factory
 from tests.helpers import events as read_events
 from tests.helpers import free_port, until, wait_for_end, wait_for_entry, word_error_rate
-from workers.runtime import WorkerRuntime
-from workers.stt.engine import RecognizerFailed
-from workers.stt.pocketsphinx_engine import pocketsphinx_factory
-from workers.stt.transcript import SPEECH_STARTED, SPEECH_STOPPED, TICKS_PER_MS, TRANSCRIPT
-from workers.transcribe import Transcriber, transcribe_factory
 
 RATE = 16000
 FRAME = RATE // 50 * 2
@@ -454,7 +466,7 @@ async def test_an_azure_session_cancelled_mid_call_fails_the_call_for_a_retry() 
     """Azure ends a session with an error (here: the endpoint refuses the connection): the
     recognizer says so from its next call instead of hearing nothing for the rest of the call,
     so the runtime retries the call from its checkpoint with a new session."""
-    from workers.stt.azure_engine import AzureRecognizer, AzureSpeechSettings  # noqa: PLC0415
+    from callstream.workers.stt.azure_engine import AzureRecognizer, AzureSpeechSettings  # noqa: PLC0415
 
     endpoint = f"ws://127.0.0.1:{free_port()}/speech"
     recognizer = AzureRecognizer(RATE, AzureSpeechSettings("not-a-key", None, endpoint, "en-US"))

@@ -28,8 +28,8 @@ from typing import Any
 
 import azure.cognitiveservices.speech as speechsdk
 
-from shared.errors import ConfigError
-from workers.stt.engine import RecognizerFailed, Result, Word
+from callstream.shared.errors import ConfigError
+from callstream.workers.stt.engine import RecognizerFailed, Result, Word
 
 log = logging.getLogger(__name__)
 

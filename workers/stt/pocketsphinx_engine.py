@@ -14,7 +14,7 @@ import numpy as np
 import soxr
 from pocketsphinx import Decoder
 
-from workers.stt.engine import Result, Word
+from callstream.workers.stt.engine import Result, Word
 
 RATE_HZ = 16000  # the model's rate; other streams are resampled
 FRAME_MS = 10  # PocketSphinx's frame

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from workers.stt.engine import Result
+from callstream.workers.stt.engine import Result
 
 TICKS_PER_MS = 10_000  # 100-ns ticks
 TRANSCRIPT = "transcript"

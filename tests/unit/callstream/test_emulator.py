@@ -15,9 +15,9 @@ from hypothesis import strategies as st
 from callstream.emulator.playback import Playback
 from callstream.emulator.speakers import DominantSpeakers
 from callstream.emulator.wav import load_wav
+from callstream.shared.audio import mix
+from callstream.shared.errors import ConfigError
 from callstream.simulate import build_script, parse_dtmf, participant_ids
-from shared.audio import mix
-from shared.errors import ConfigError
 
 FRAME = 640
 

@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from egress.playout import Action, MarkReached, Playout, SendFrame, SendStop
-from shared.entries import OutAudio, OutMark, OutStop
+from callstream.egress.playout import Action, MarkReached, Playout, SendFrame, SendStop
+from callstream.shared.entries import OutAudio, OutMark, OutStop
 
 FRAME = 640
 LEAD = 0.1

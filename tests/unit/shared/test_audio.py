@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from shared.audio import AudioFormat, chunk, frame_bytes_for, is_silent, mix, rms_dbfs
-from shared.keys import validate_call_id
+from callstream.shared.audio import AudioFormat, chunk, frame_bytes_for, is_silent, mix, rms_dbfs
+from callstream.shared.keys import validate_call_id
 
 
 def pcm(*samples: int) -> bytes:

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from shared.channels import ChannelMap
+from callstream.shared.channels import ChannelMap
 
 
 def test_participants_keep_their_channel() -> None:

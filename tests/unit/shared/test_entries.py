@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from shared.entries import (
+from callstream.shared.entries import (
     CallEnded,
     CallStarted,
     EntryError,

@@ -7,7 +7,7 @@ import json
 from hypothesis import given
 from hypothesis import strategies as st
 
-from shared.events import SCHEMA_VERSION, Event, iso_time, parse_iso_ms
+from callstream.shared.events import SCHEMA_VERSION, Event, iso_time, parse_iso_ms
 from tests.helpers import as_redis
 
 

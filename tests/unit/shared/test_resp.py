@@ -9,8 +9,8 @@ import hiredis
 from hypothesis import given
 from hypothesis import strategies as st
 
-from shared.entries import InFrame, decode_in, encode_in
-from shared.resp import FrameXadd, bulk
+from callstream.shared.entries import InFrame, decode_in, encode_in
+from callstream.shared.resp import FrameXadd, bulk
 
 keys = st.text(alphabet=st.characters(exclude_categories=["Cs"]), min_size=1, max_size=60)
 participants = st.text(alphabet=st.characters(exclude_categories=["Cs"]), max_size=40)

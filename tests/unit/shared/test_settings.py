@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from shared.errors import ConfigError
-from shared.settings import DEFAULT_REDIS_URL, Settings
+from callstream.shared.errors import ConfigError
+from callstream.shared.settings import DEFAULT_REDIS_URL, Settings
 
 
 def test_defaults_need_no_environment() -> None:

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from shared.errors import ConfigError
-from workers.stt.azure_engine import AzureSpeechSettings, _Timeline, result_from_json
-from workers.stt.engine import Word
+from callstream.shared.errors import ConfigError
+from callstream.workers.stt.azure_engine import AzureSpeechSettings, _Timeline, result_from_json
+from callstream.workers.stt.engine import Word
 
 # The detailed format of a `recognized` result, as Azure documents it.
 RECOGNIZED = {

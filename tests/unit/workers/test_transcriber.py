@@ -4,11 +4,16 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from shared.entries import InFrame
+from callstream.shared.entries import InFrame
+from callstream.workers.stt.engine import Result
+from callstream.workers.stt.transcript import (
+    SPEECH_STARTED,
+    SPEECH_STOPPED,
+    TICKS_PER_MS,
+    TRANSCRIPT,
+)
+from callstream.workers.transcribe import Transcriber
 from tests.unit.workers.test_vad import quiet, voiced
-from workers.stt.engine import Result
-from workers.stt.transcript import SPEECH_STARTED, SPEECH_STOPPED, TICKS_PER_MS, TRANSCRIPT
-from workers.transcribe import Transcriber
 
 
 class Echoing:

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from workers.vad import (
+from callstream.workers.vad import (
     FRAME_MS,
     MAX_UTTERANCE_FRAMES,
     PREROLL_FRAMES,

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from shared.errors import (
+from callstream.shared.errors import (
     CLOSE_INVALID_PAYLOAD,
     CLOSE_POLICY_VIOLATION,
     CLOSE_UNSUPPORTED_DATA,
@@ -22,7 +22,7 @@ from shared.errors import (
     ProtocolError,
     UnknownKind,
 )
-from shared.protocols.acs import (
+from callstream.shared.protocols.acs import (
     AudioData,
     AudioMetadata,
     DtmfData,
