@@ -23,6 +23,7 @@ import signal
 import time
 import uuid
 from collections import defaultdict
+from collections.abc import Sequence
 from typing import Any, cast
 
 import redis.asyncio as aioredis
@@ -37,17 +38,22 @@ from callstream.shared.settings import DEFAULT_REDIS_URL, Settings
 from callstream.simulate import simulate
 from callstream.workers.stt.pocketsphinx_engine import pocketsphinx_factory
 from callstream.workers.stt.transcript import TRANSCRIPT
-from callstream.workers.transcribe import Transcriber
+from callstream.workers.transcribe import Outgoing, Transcriber
 
 HEARTBEAT_S = 0.5
 
 
-def final_texts(events: list[Event]) -> dict[str, set[tuple[int, str]]]:
-    """Final transcripts by event id: every (offset, text) published under that id."""
+def final_texts(events: Sequence[Event | Outgoing]) -> dict[str, set[tuple[int, str]]]:
+    """Final transcripts by what they are about (the event id after ``{call}:transcript:``):
+    every (offset, text) published under that id."""
     out: dict[str, set[tuple[int, str]]] = defaultdict(set)
     for event in events:
         if event.type == TRANSCRIPT and event.data["resultStatus"] == "Final":
-            out[event.id.split(":", 1)[1]].add((event.data["offset"], event.data["text"]))
+            if isinstance(event, Outgoing):
+                key = event.key
+            else:
+                key = event.id.removeprefix(f"{event.call_id}:{TRANSCRIPT}:")
+            out[key].add((event.data["offset"], event.data["text"]))
     return out
 
 

@@ -34,9 +34,9 @@ from callstream.simulate import CallResult, participant_ids, simulate
 from callstream.speech import flite_available, speak
 from callstream.workers.echo import echo_factory
 from callstream.workers.runtime import WorkerRuntime
-from callstream.workers.stt.pocketsphinx_engine import pocketsphinx_factory
 from callstream.workers.stt.transcript import TICKS_PER_MS, TRANSCRIPT
-from callstream.workers.transcribe import transcribe_factory
+
+DONE_TIMEOUT_S = 30.0  # how long the workers may take to finish the call after it hangs up
 
 
 def synth_talker(
@@ -112,12 +112,21 @@ async def place_demo_call(
             )
         ]
         if transcribe:
+            # Imported here: without flite there is nothing to transcribe, and PocketSphinx
+            # (the `transcribe` extra) need not be installed.
+            from callstream.workers.stt.pocketsphinx_engine import (  # noqa: PLC0415
+                pocketsphinx_factory,
+            )
+            from callstream.workers.transcribe import KIND as TRANSCRIBE  # noqa: PLC0415
+            from callstream.workers.transcribe import transcribe_factory  # noqa: PLC0415
+
             workers.append(
                 await stack.enter_async_context(
                     WorkerRuntime(
                         settings,
-                        "transcribe",
+                        TRANSCRIBE.name,
                         transcribe_factory(pocketsphinx_factory),
+                        inputs=TRANSCRIBE.inputs,
                         max_calls=4,
                     )
                 )
@@ -130,7 +139,9 @@ async def place_demo_call(
         call_id = f"demo-{uuid.uuid4()}"
         events_key = settings.keys.call_events(call_id)
         stop = asyncio.Event()
-        printer = asyncio.create_task(_print_events(redis, events_key, stop))
+        # Each worker kind says when it has published everything about the call.
+        done = {f"{worker.kind}.done" for worker in workers}
+        printer = asyncio.create_task(_print_events(redis, events_key, stop, done))
         try:
             results = await simulate(
                 gateway.url,
@@ -142,9 +153,8 @@ async def place_demo_call(
             )
             # Let the workers process the call to its end before everything shuts down.
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(10):
-                    for worker in workers:
-                        await worker.wait_idle()
+                async with asyncio.timeout(DONE_TIMEOUT_S):
+                    await asyncio.shield(printer)
         finally:
             stop.set()
             await printer
@@ -152,16 +162,21 @@ async def place_demo_call(
     return DemoCall(results[0], [Event.from_fields(fields) for _, fields in entries])
 
 
-async def _print_events(redis: aioredis.Redis, key: str, stop: asyncio.Event) -> None:
-    """Print the call's final transcripts and DTMF tones as they are published."""
+async def _print_events(
+    redis: aioredis.Redis, key: str, stop: asyncio.Event, done: set[str]
+) -> None:
+    """Print the call's final transcripts and DTMF tones as they are published, until every
+    event type in ``done`` has come (or ``stop``)."""
     names = _names()
     last = b"0-0"
-    while not stop.is_set():
+    waiting = set(done)
+    while waiting and not stop.is_set():
         reply = cast(XReadReply, await redis.xread({key: last}, block=100))
         for _, entries in reply or ():
             for entry_id, fields in entries:
                 last = entry_id
                 event = Event.from_fields(fields)
+                waiting.discard(event.type)
                 if event.type == DTMF:
                     print(f"  dtmf     {event.data['tone']}")
                 elif _is_final(event):

@@ -54,6 +54,11 @@ class Keys:
         """All per-call stream keys (for TTLs and cleanup)."""
         return (self.call_in(call_id), self.call_out(call_id), self.call_events(call_id))
 
+    @property
+    def kinds(self) -> str:
+        """Hash of the worker kinds that have run: kind → its inputs (JSON)."""
+        return f"{self.prefix}:kinds"
+
     def group(self, worker_kind: str) -> str:
         """Consumer group name on :attr:`calls` for one worker kind."""
         return f"{self.prefix}:workers:{worker_kind}"

@@ -50,6 +50,9 @@ class Settings:
     max_backlog_bytes: int = 64 * 1024 * 1024  # waiting for Redis: above it, new calls get 503
     worker_max_attempts: int = 5  # a call whose processing failed this often is given up
     call_idle_timeout_s: float = 60.0  # a worker ends a call whose inbound is silent this long
+    # Inbound audio stays in Redis until every kind reading it has checkpointed past it, and
+    # this much longer (seconds).
+    audio_replay_margin_s: float = 5.0
     log_level: str = "INFO"
 
     @property
@@ -90,6 +93,9 @@ class Settings:
             max_backlog_bytes=_int(env, "CS_MAX_BACKLOG_BYTES", defaults.max_backlog_bytes),
             worker_max_attempts=_int(env, "CS_WORKER_MAX_ATTEMPTS", defaults.worker_max_attempts),
             call_idle_timeout_s=_float(env, "CS_CALL_IDLE_TIMEOUT_S", defaults.call_idle_timeout_s),
+            audio_replay_margin_s=_float(
+                env, "CS_AUDIO_REPLAY_MARGIN_S", defaults.audio_replay_margin_s
+            ),
             log_level=(env.get("CS_LOG_LEVEL") or defaults.log_level).upper(),
         )
 

@@ -1,7 +1,9 @@
 """``callstream worker KIND``: run one replica of a worker kind until SIGTERM/SIGINT.
 
-Adding a kind: write its module with a :data:`~workers.base.HandlerFactory`, then add a parser
-in :func:`register` whose ``factory`` builds it from the parsed options.
+Kinds are found under the entry-point group ``callstream.workers`` (the built-in ``echo`` and
+``transcribe`` are registered there by callstream itself; a package of yours adds its own, see
+docs/workers.md). Only the kind asked for is imported, so an echo replica loads neither
+PocketSphinx nor the Azure SDK.
 """
 
 from __future__ import annotations
@@ -9,80 +11,77 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
 import signal
-from collections.abc import Callable
+from importlib.metadata import EntryPoint, entry_points
 from typing import Any
 
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry
 
 from callstream.shared.errors import ConfigError
 from callstream.shared.settings import Settings
-from callstream.workers.base import HandlerFactory
-from callstream.workers.echo import echo_factory
+from callstream.workers.api import Kind
+from callstream.workers.health import HealthServer
 from callstream.workers.runtime import WorkerRuntime
-from callstream.workers.stt.pocketsphinx_engine import pocketsphinx_factory
-from callstream.workers.transcribe import transcribe_factory
 
 log = logging.getLogger(__name__)
 
-FactoryFromArgs = Callable[[argparse.Namespace], HandlerFactory]
+GROUP = "callstream.workers"
+EXTRAS = {"transcribe": "transcribe"}  # built-in kinds whose dependencies are an extra
 
 
-async def serve(
-    settings: Settings, kind: str, factory: HandlerFactory, args: argparse.Namespace
-) -> int:
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    registry = CollectorRegistry()
-    metrics_server = None
-    if args.metrics_port is not None:
-        # prometheus_client's own server, in its thread: scrapes never wait for the event loop.
-        try:
-            metrics_server, _ = start_http_server(args.metrics_port, args.metrics_host, registry)
-        except OSError as exc:
-            raise ConfigError(f"cannot serve metrics on port {args.metrics_port}: {exc}") from None
-        log.info("metrics on http://%s:%d/metrics", args.metrics_host, args.metrics_port)
+def available() -> dict[str, EntryPoint]:
+    """Every registered kind by name (not imported)."""
+    found: dict[str, EntryPoint] = {}
+    for point in entry_points(group=GROUP):
+        other = found.get(point.name)
+        chosen = point
+        if other is not None and other.value != point.value:
+            chosen = point if point.value.startswith("callstream.") else other
+            log.warning(
+                "worker kind %s is registered twice (%s, %s); using %s",
+                point.name,
+                other.value,
+                point.value,
+                chosen.value,
+            )
+        found[point.name] = chosen
+    return found
+
+
+def load_kind(name: str) -> Kind:
+    """Import the kind registered as ``name``; ConfigError if there is none or it cannot load."""
+    kinds = available()
+    point = kinds.get(name)
+    if point is None:
+        known = ", ".join(sorted(kinds)) or "none"
+        raise ConfigError(f"no worker kind {name!r} is installed (installed: {known})")
     try:
-        async with WorkerRuntime(
-            settings,
-            kind,
-            factory,
-            max_calls=args.max_calls,
-            consumer=args.consumer,
-            heartbeat_s=args.heartbeat_s,
-            registry=registry,
-        ) as runtime:
-            stopped = asyncio.create_task(stop.wait())
-            crashed = asyncio.create_task(runtime.wait_closed())
-            await asyncio.wait({stopped, crashed}, return_when=asyncio.FIRST_COMPLETED)
-            stopped.cancel()
-            crashed.cancel()
-            log.info("worker %s: stopping, handing back %d calls", kind, len(runtime.owned))
-    finally:
-        if metrics_server is not None:
-            metrics_server.shutdown()
-            metrics_server.server_close()
-    return 0
+        kind = point.load()
+    except ImportError as exc:
+        extra = EXTRAS.get(name)
+        hint = f": pip install 'callstream[{extra}]'" if extra else ""
+        raise ConfigError(
+            f"worker kind {name} cannot be loaded ({exc}); are its dependencies installed{hint}?"
+        ) from None
+    if not isinstance(kind, Kind):
+        raise ConfigError(
+            f"entry point {point.value} of worker kind {name} is a {type(kind).__name__}, "
+            "not a callstream.workers.api.Kind"
+        )
+    if kind.name != name:
+        raise ConfigError(f"entry point {name} names a kind called {kind.name!r}")
+    return kind
 
 
-def _runner(
-    kind: str, factory_from_args: FactoryFromArgs
-) -> Callable[[argparse.Namespace, Settings], int]:
-    def run(args: argparse.Namespace, settings: Settings) -> int:
-        return asyncio.run(serve(settings, kind, factory_from_args(args), args))
-
-    return run
-
-
-def _common(parser: argparse.ArgumentParser, max_calls: int) -> None:
+def kind_parser(kind: Kind) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=f"callstream worker {kind.name}", description=kind.help or None
+    )
     parser.add_argument(
         "--max-calls",
         type=int,
-        default=max_calls,
-        help=f"calls served at once by this replica (default {max_calls})",
+        default=kind.max_calls,
+        help=f"calls served at once by this replica (default {kind.max_calls})",
     )
     parser.add_argument(
         "--consumer", default=None, help="consumer name in the group (default hostname-pid)"
@@ -91,7 +90,7 @@ def _common(parser: argparse.ArgumentParser, max_calls: int) -> None:
         "--metrics-port",
         type=int,
         default=None,
-        help="serve Prometheus metrics on this port (default: not served)",
+        help="serve /metrics, /healthz and /readyz on this port (default: not served)",
     )
     parser.add_argument(
         "--metrics-host", default="0.0.0.0", help="address of the metrics port (default 0.0.0.0)"
@@ -103,46 +102,71 @@ def _common(parser: argparse.ArgumentParser, max_calls: int) -> None:
         help="claim refresh and checkpoint period; a dead replica's calls are "
         "taken over after three (default 1.0)",
     )
+    if kind.add_arguments is not None:
+        kind.add_arguments(parser)
+    return parser
+
+
+async def serve(settings: Settings, kind: Kind, options: argparse.Namespace) -> int:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    registry = CollectorRegistry()
+    runtime = WorkerRuntime.for_kind(
+        settings,
+        kind,
+        options,
+        max_calls=options.max_calls,
+        consumer=options.consumer,
+        heartbeat_s=options.heartbeat_s,
+        registry=registry,
+    )
+    health = None
+    if options.metrics_port is not None:
+        try:
+            health = HealthServer(
+                options.metrics_host, options.metrics_port, registry, runtime.readiness
+            )
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot serve metrics on port {options.metrics_port}: {exc}"
+            ) from None
+        log.info(
+            "metrics, /healthz and /readyz on http://%s:%d",
+            options.metrics_host,
+            options.metrics_port,
+        )
+    try:
+        async with runtime:
+            stopped = asyncio.create_task(stop.wait())
+            crashed = asyncio.create_task(runtime.wait_closed())
+            await asyncio.wait({stopped, crashed}, return_when=asyncio.FIRST_COMPLETED)
+            stopped.cancel()
+            crashed.cancel()
+            log.info("worker %s: stopping, handing back %d calls", kind.name, len(runtime.owned))
+    finally:
+        if health is not None:
+            health.close()
+    return 0
+
+
+def _run(args: argparse.Namespace, settings: Settings) -> int:
+    kind = load_kind(args.kind)
+    options = kind_parser(kind).parse_args(args.args)
+    if options.max_calls < 1:
+        raise ConfigError(f"--max-calls must be at least 1, got {options.max_calls}")
+    return asyncio.run(serve(settings, kind, options))
 
 
 def register(subparsers: Any) -> None:
-    worker = subparsers.add_parser("worker", help="run a worker replica of one kind")
-    kinds = worker.add_subparsers(dest="kind", required=True, metavar="KIND")
-
-    echo = kinds.add_parser("echo", help="play every non-silent inbound frame back into the call")
-    _common(echo, max_calls=50)
-    echo.add_argument(
-        "--delay-ms", type=float, default=0.0, help="hold each frame back this long (default 0)"
+    names = ", ".join(sorted(available())) or "none installed"
+    worker = subparsers.add_parser(
+        "worker",
+        help="run a worker replica of one kind",
+        description="Run one replica of a worker kind until SIGTERM or SIGINT. "
+        "`callstream worker KIND --help` lists the kind's options.",
     )
-    echo.set_defaults(run=_runner("echo", lambda args: echo_factory(args.delay_ms)))
-
-    transcribe = kinds.add_parser(
-        "transcribe", help="speech events and ACS-shaped transcripts (offline PocketSphinx)"
-    )
-    # PocketSphinx holds the GIL: one replica is one core, about two real-time streams
-    # (docs/performance.md). Scale with replicas, not with --max-calls.
-    _common(transcribe, max_calls=2)
-    transcribe.add_argument(
-        "--engine",
-        choices=("pocketsphinx", "azure"),
-        default="pocketsphinx",
-        help="speech-to-text engine: pocketsphinx (offline, default) or azure "
-        "(CS_AZURE_SPEECH_KEY and CS_AZURE_SPEECH_REGION or _ENDPOINT)",
-    )
-    transcribe.set_defaults(run=_runner("transcribe", _transcribe_factory))
-
-
-def _transcribe_factory(args: argparse.Namespace) -> HandlerFactory:
-    if args.engine == "azure":
-        # Imported here: the SDK is only loaded by replicas that use it.
-        from callstream.workers.stt.azure_engine import (  # noqa: PLC0415
-            AzureSpeechSettings,
-            azure_factory,
-            check_service,
-        )
-
-        settings = AzureSpeechSettings.from_env(os.environ)
-        check_service(settings)  # one clear error now rather than one per call
-        log.info("azure speech: %s, %s", settings.endpoint or settings.region, settings.language)
-        return transcribe_factory(azure_factory(settings))
-    return transcribe_factory(pocketsphinx_factory)
+    worker.add_argument("kind", metavar="KIND", help=f"the worker kind ({names})")
+    worker.add_argument("args", nargs=argparse.REMAINDER, help="the kind's options")
+    worker.set_defaults(run=_run)

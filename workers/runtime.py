@@ -1,33 +1,44 @@
-"""The worker runtime every kind shares: call ownership, checkpoints, failover, hand-back.
+"""The worker runtime every kind shares: the Redis shell around :mod:`.ownership`.
 
 * Each kind has a consumer group on ``cs:calls``. A replica with free capacity reads ``started``
   entries with ``XREADGROUP >`` and so owns those calls; it acknowledges the entry only when the
   call is done. The group's pending count is the calls being served, its lag the calls waiting.
-* The owner reads a call's inbound stream in order from its checkpoint, hands batches to the
-  kind's handler, and stores the last processed entry id in ``cs:ckpt:{kind}:{call}``.
-* Every heartbeat the owner re-claims its entries (``XCLAIM … JUSTID``), which keeps their idle
-  time low, and saves checkpoints. A replica with capacity ``XAUTOCLAIM``s entries idle for more
-  than three heartbeats: the calls of a replica that died, resumed at their checkpoint.
-* :meth:`WorkerRuntime.aclose` (SIGTERM) stops taking calls, saves checkpoints and marks its
-  entries as long idle (``XCLAIM … IDLE``), so another replica takes them at its next claim.
-* A call whose processing failed (the handler raised, or its owner died) is retried by the next
-  replica to claim it, up to ``CS_WORKER_MAX_ATTEMPTS`` attempts: the entry's delivery count
-  minus the hand-backs, which are not failures. Then it is given up: acknowledged, counted, and
-  announced with a ``worker.failed`` event.
+  Taking calls costs a fixed number of round trips however many arrive together.
+* **One reader per replica.** One task reads every owned call's input (``cs:call:{id}:in``
+  and/or ``:events``, :class:`~callstream.workers.api.Inputs`) with one shared ``XREAD``, and
+  hands each call's entries to that call's task, which runs its handler. A call whose handler
+  is busy is left out of the next read, so a slow call holds back only itself.
+* **One writer per replica** (:class:`~.writer.Writer`): handlers' audio and events, checkpoints
+  and acknowledgements go out in pipelined batches, in order. Connections and round trips per
+  replica do not grow with its calls.
+* Every heartbeat the owner re-claims its entries (``XCLAIM … JUSTID``), saves each call's
+  checkpoint (read positions and the handler's state, ``cs:ckpt:{kind}:{call}``) and trims
+  audio every audio-reading kind has checkpointed past (plus ``CS_AUDIO_REPLAY_MARGIN_S``). A
+  replica with capacity ``XAUTOCLAIM``s entries idle for more than three heartbeats: calls of a
+  replica that died, resumed at their checkpoint.
+* :meth:`WorkerRuntime.aclose` (SIGTERM) stops taking calls, lets each call finish the batch it
+  is on, saves checkpoints and marks its entries as long idle (``XCLAIM … IDLE``), so another
+  replica takes them at its next claim.
+* A call whose processing failed is retried by the next replica to claim it, up to
+  ``CS_WORKER_MAX_ATTEMPTS`` attempts; then it is given up (``worker.failed``).
+* When a call's input is complete the handler is closed, ``{kind}.done`` is published, the
+  entry acknowledged and the checkpoint marked done.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import socket
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import TracebackType
-from typing import cast
+from typing import Any, cast
 
 import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -35,30 +46,64 @@ from redis.exceptions import RedisError, ResponseError
 from redis.typing import StreamIdT
 
 from callstream.shared.entries import (
-    CallEnded,
     CallStarted,
-    EntryError,
-    InEnd,
-    InEntry,
+    RawFields,
     StreamEntries,
     XReadReply,
-    decode_call,
-    decode_in,
     parse_id,
-    previous_id,
 )
 from callstream.shared.events import WORKER_FAILED, Event
 from callstream.shared.settings import Settings
-from callstream.workers.base import CallContext, CallHandler, HandlerFactory, ResumePoint
+from callstream.workers.api import (
+    AUDIO,
+    CallContext,
+    CallHandler,
+    HandlerFactory,
+    Inputs,
+    Kind,
+    ResumePoint,
+)
+from callstream.workers.ownership import (
+    ALL,
+    F_DONE,
+    F_ERROR,
+    F_EVENTS,
+    F_HANDBACKS,
+    F_IN,
+    F_OWNER,
+    IDLE_END_REASON,
+    UNTIL_MISSING_REASON,
+    Abandon,
+    Ack,
+    Batch,
+    CallInput,
+    Checkpoint,
+    Take,
+    audio_trim_id,
+    checkpoint_fields,
+    classify_missing,
+    decide,
+    missing_entries,
+    needs_stream_check,
+    parse_offer,
+    resume_point,
+)
+from callstream.workers.ports import RedisAudioOut, RedisEventOut
+from callstream.workers.writer import Writer
 
 log = logging.getLogger(__name__)
 
-READ_COUNT = 100  # inbound entries per read
+READ_COUNT = 100  # entries per stream per read
+READ_BLOCK_MS = 100  # bound on how long a newly readable call waits to join the shared read
+READ_INTERVAL_S = 0.005  # the shared read runs at most this often: bigger batches, less CPU
 MIN_TAKEOVER_IDLE_S = 1.0
-READ_TIMEOUT_MARGIN_S = 5.0  # a blocking read not answered this long after its BLOCK fails
-POOL_SPARE_CONNECTIONS = 8  # beyond two per call: claim loop, heartbeat, hand-back
-IDLE_END_REASON = "inbound_idle"  # the `end` a handler gets when its call's inbound went quiet
+READ_TIMEOUT_MARGIN_S = 5.0  # a blocking read not answered this long after its BLOCK failed
+POOL_CONNECTIONS = 16  # reader, claim loop, heartbeat, writer, and short pipelines
 HANDBACK_IDLE_MS = 10**9  # "idle for 11 days": any replica's XAUTOCLAIM takes it at once
+HISTORY_EVENTS = 2000  # a new owner's look back over the call's events
+STOP_GRACE_S = 2.0  # at aclose, how long a call may take to finish the batch it is on
+KINDS_REFRESH_S = 10.0  # how often the list of audio-reading kinds is read again
+EMPTY_STATE = "{}"
 
 
 class RuntimeMetrics:
@@ -83,7 +128,7 @@ class RuntimeMetrics:
         ).labels(kind)
         self.entries = Counter(
             "callstream_worker_entries_total",
-            "Inbound entries processed",
+            "Input entries handed to handlers",
             ["kind"],
             registry=registry,
         ).labels(kind)
@@ -101,37 +146,55 @@ class RuntimeMetrics:
         ).labels(kind)
         self.delay = Histogram(
             "callstream_worker_delay_seconds",
-            "Inbound entry published (its stream id's time) -> handed to the handler, per batch "
+            "Input entry published (its stream id's time) -> handed to the handler, per batch "
             "(its oldest entry): grows without bound when a replica is slower than real time",
             ["kind"],
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
             registry=registry,
         ).labels(kind)
+        self.reads = Counter(
+            "callstream_worker_reads_total",
+            "Shared reads of the owned calls' input streams",
+            ["kind"],
+            registry=registry,
+        ).labels(kind)
         self.redis_errors = Counter(
             "callstream_worker_redis_errors_total", "Redis errors", ["kind"], registry=registry
         ).labels(kind)
-        self.kind = kind
 
 
-@dataclass
-class _Owned:
+@dataclass(eq=False)
+class _Call:
+    """One owned call: its input, its handler's task, where it stands."""
+
     entry_id: str  # the call's `started` entry in cs:calls
     call: CallStarted
-    last_id: str  # last processed inbound entry id
+    input: CallInput
+    ctx: CallContext
+    events: RedisEventOut
+    processed_in: str  # the last inbound entry the handler has processed
+    processed_events: str
+    heard_at: float  # monotonic: the last inbound entry seen
+    handler: CallHandler | None = None
     task: asyncio.Task[None] | None = None
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    batch: Batch | None = None
+    busy: bool = True  # a batch is being handled (or the handler is being made)
+    snapshot: tuple[str, str, str] | None = None  # (audio resume, events, state JSON)
+    want_snapshot: bool = False  # a heartbeat found it busy: snapshot after this batch
+    in_last: str | None = None  # events-only kinds: the call's last inbound id at a heartbeat
+    ended_at: float | None = None  # monotonic: call.ended seen, `until` not yet
     finishing: bool = False  # processed to its end: being acknowledged
     trimmed: bool = False  # its `started` entry left cs:calls (trimmed, or Redis lost it)
-    handler: object = None  # the call's CallHandler, once made
+    error: str | None = None  # a write of this call failed
 
     @property
-    def checkpoint(self) -> str:
-        """What the next owner reads after: the last processed entry, or earlier when the
-        handler still needs entries again (:class:`~workers.base.ResumePoint`)."""
-        if isinstance(self.handler, ResumePoint):
-            earliest = self.handler.resume_from()
-            if earliest is not None and parse_id(earliest) <= parse_id(self.last_id):
-                return previous_id(earliest)
-        return self.last_id
+    def call_id(self) -> str:
+        return self.call.call_id
+
+
+class WriteFailed(RuntimeError):
+    """Redis refused (or could not take) a write of this call."""
 
 
 def default_consumer() -> str:
@@ -147,10 +210,12 @@ class WorkerRuntime:
         kind: str,
         factory: HandlerFactory,
         *,
+        inputs: Inputs = AUDIO,
         max_calls: int = 50,
         consumer: str | None = None,
         heartbeat_s: float = 1.0,
         registry: CollectorRegistry | None = None,
+        options: argparse.Namespace | None = None,
     ) -> None:
         if max_calls < 1:
             raise ValueError(f"max_calls must be at least 1, got {max_calls}")
@@ -158,18 +223,40 @@ class WorkerRuntime:
         self._keys = settings.keys
         self._kind = kind
         self._factory = factory
+        self._inputs = inputs
         self._max_calls = max_calls
         self.consumer = consumer or default_consumer()
         self._heartbeat_s = heartbeat_s
+        self._options = options or argparse.Namespace()
         self._group = self._keys.group(kind)
         self._metrics = RuntimeMetrics(registry or CollectorRegistry(), kind)
         self._redis: aioredis.Redis | None = None
-        self._calls: dict[str, _Owned] = {}
+        self._writer: Writer | None = None
+        self._calls: dict[str, _Call] = {}
         self._capacity = asyncio.Event()
+        self._readable = asyncio.Event()  # a call's input can be read again
         self._idle = asyncio.Event()  # set while no call is owned
         self._idle.set()
-        self._main: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
+        self._redis_ok = False
+        self._redis_error = "not connected yet"
+        self._group_ok = False
+        self._audio_kinds: list[str] = [kind] if inputs.audio else []
+        self._kinds_read_at = -KINDS_REFRESH_S
+
+    @classmethod
+    def for_kind(
+        cls, settings: Settings, kind: Kind, options: argparse.Namespace, **kwargs: Any
+    ) -> WorkerRuntime:
+        return cls(
+            settings,
+            kind.name,
+            kind.factory(options),
+            inputs=kind.inputs,
+            options=options,
+            **kwargs,
+        )
 
     @property
     def owned(self) -> frozenset[str]:
@@ -179,33 +266,46 @@ class WorkerRuntime:
     def kind(self) -> str:
         return self._kind
 
+    def readiness(self) -> tuple[bool, str]:
+        """(ready, why not): connected to Redis, its group present, not draining."""
+        if self._stopping:
+            return False, "draining: handing its calls back"
+        if not self._redis_ok:
+            return False, f"Redis unavailable: {self._redis_error}"
+        if not self._group_ok:
+            return False, f"consumer group {self._group} not created yet"
+        return True, "ready"
+
     # ------------------------------------------------------------------ lifecycle
 
     async def __aenter__(self) -> WorkerRuntime:
         # No socket timeout: with one, redis-py sends each command under ``asyncio.wait_for``,
         # which on Python 3.11 can swallow a cancellation that lands as the send completes (a
         # replica then kept serving a call it had handed back). Blocking reads are bounded by
-        # the server (BLOCK) and by ``asyncio.timeout`` here instead.
-        #
-        # Connections: each owned call keeps one blocked in XREAD, its handler writes on
-        # another, and the claim loop blocks on one more. redis-py's default pool raises "Too
-        # many connections" past 100, which failed calls of a replica serving 50 or more; the
-        # pool is sized for --max-calls, and a request beyond it waits for a free connection.
+        # the server (BLOCK) and by ``asyncio.timeout`` here instead. The pool does not grow
+        # with the calls: one reader, one writer, the claim loop and short pipelines.
         pool = aioredis.BlockingConnectionPool.from_url(
             self._settings.redis_url,
-            max_connections=2 * self._max_calls + POOL_SPARE_CONNECTIONS,
+            max_connections=POOL_CONNECTIONS,
             timeout=READ_TIMEOUT_MARGIN_S,
             socket_timeout=None,
             client_name=f"callstream-worker-{self._kind}-{self.consumer}",
         )
         self._redis = aioredis.Redis.from_pool(pool)
+        self._writer = Writer(self._redis, self._on_write_failure)
+        await self._writer.__aenter__()
         try:
-            await self._create_group()
+            await self._register()
         except (RedisError, OSError) as exc:
             # Not fatal: the claim loop retries until Redis answers (and makes the group then).
-            self._metrics.redis_errors.inc()
+            self._redis_down(exc)
             log.warning("worker %s: Redis is unavailable (%s); waiting for it", self._kind, exc)
-        self._main = asyncio.create_task(self._claim_loop(), name=f"worker-{self._kind}")
+        for name, loop in (
+            ("claim", self._claim_loop),
+            ("reader", self._read_loop),
+            ("heartbeat", self._heartbeat_loop),
+        ):
+            self._tasks.append(asyncio.create_task(loop(), name=f"worker-{self._kind}-{name}"))
         log.info(
             "worker %s (%s) serving up to %d calls", self._kind, self.consumer, self._max_calls
         )
@@ -225,45 +325,72 @@ class WorkerRuntime:
         Every loop also checks ``_stopping`` after each await, so a task stops even if its
         cancellation is lost on the way (see ``__aenter__``).
         """
+        if self._stopping and not self._tasks and self._redis is None:
+            return
         self._stopping = True
-        if self._main is not None:
-            self._main.cancel()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
-                await self._main
-            self._main = None
+                await task
+        self._tasks.clear()
         owned = list(self._calls.values())
         for item in owned:
-            if item.task is not None:
-                item.task.cancel()
-        for item in owned:
-            if item.task is not None:
+            item.wake.set()  # a call waiting for input returns; one in a batch finishes it
+        running = [item.task for item in owned if item.task is not None and not item.task.done()]
+        if running:
+            _, late = await asyncio.wait(running, timeout=STOP_GRACE_S)
+            for task in late:
+                task.cancel()
+            for task in late:
                 with contextlib.suppress(asyncio.CancelledError):
-                    await item.task
+                    await task
         if self._redis is not None:
             await self._hand_back(owned)
+            assert self._writer is not None
+            await self._writer.aclose()
             await self._redis.aclose()
             self._redis = None
         self._calls.clear()
         self._metrics.owned.set(0)
+        self._idle.set()
 
     async def wait_idle(self) -> None:
         """Wait until this replica owns no call (e.g. its calls have ended)."""
         await self._idle.wait()
 
     async def wait_closed(self) -> None:
-        """Wait until the claim loop ends (it only ends on aclose or a fatal error)."""
-        if self._main is not None:
-            await asyncio.shield(self._main)
+        """Wait until the runtime stops (on aclose, or a fatal error in one of its loops)."""
+        if self._tasks:
+            await asyncio.wait(
+                [asyncio.shield(task) for task in self._tasks], return_when=asyncio.FIRST_COMPLETED
+            )
 
-    async def _create_group(self) -> None:
+    async def _register(self) -> None:
         """The kind's group, from the start of `cs:calls` (a replica started after a call
-        began still finds it); another replica may have made it first."""
+        began still finds it), and its inputs in the kinds hash (for trimming)."""
         assert self._redis is not None
         try:
             await self._redis.xgroup_create(self._keys.calls, self._group, id="0", mkstream=True)
         except ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
+        await self._redis.hset(self._keys.kinds, self._kind, json.dumps(self._inputs.as_json()))
+        self._group_ok = True
+        self._redis_up()
+
+    def _halted(self) -> bool:
+        """Whether aclose has begun (checked after awaits: a cancellation can be lost)."""
+        return self._stopping
+
+    def _redis_up(self) -> None:
+        self._redis_ok = True
+        self._redis_error = ""
+
+    def _redis_down(self, exc: BaseException) -> None:
+        self._metrics.redis_errors.inc()
+        self._redis_ok = False
+        self._redis_error = str(exc) or type(exc).__name__
 
     # ------------------------------------------------------------------ claiming
 
@@ -277,15 +404,14 @@ class WorkerRuntime:
         # A call is taken over once its owner has missed three heartbeats (and at least 1 s, so
         # one slow turn of a busy owner's event loop does not hand its calls around).
         min_idle_ms = int(max(3 * self._heartbeat_s, MIN_TAKEOVER_IDLE_S) * 1000)
-        next_heartbeat = time.monotonic()
+        next_autoclaim = 0.0
         backoff_s = 0.1
         while not self._stopping:
             try:
-                if time.monotonic() >= next_heartbeat:
-                    async with asyncio.timeout(READ_TIMEOUT_MARGIN_S):
-                        await self._heartbeat()
-                    next_heartbeat = time.monotonic() + self._heartbeat_s
-                if self._free > 0:
+                if not self._group_ok:
+                    await self._register()
+                if self._free > 0 and time.monotonic() >= next_autoclaim:
+                    next_autoclaim = time.monotonic() + self._heartbeat_s
                     claimed = await redis.xautoclaim(
                         self._keys.calls,
                         self._group,
@@ -294,11 +420,11 @@ class WorkerRuntime:
                         start_id="0-0",
                         count=self._free,
                     )
-                    for entry_id, fields in cast(StreamEntries, claimed[1]):
-                        if fields is not None:
-                            await self._take(entry_id.decode(), fields, how="failover")
+                    await self._offer(cast(StreamEntries, claimed[1]), how="failover")
+                if self._halted():
+                    return
                 if self._free > 0:
-                    block_ms = max(1, int((next_heartbeat - time.monotonic()) * 1000))
+                    block_ms = max(1, int((next_autoclaim - time.monotonic()) * 1000))
                     async with asyncio.timeout(block_ms / 1000 + READ_TIMEOUT_MARGIN_S):
                         reply = cast(
                             XReadReply,
@@ -311,19 +437,16 @@ class WorkerRuntime:
                             ),
                         )
                     for _, entries in reply or ():
-                        for entry_id, fields in entries:
-                            await self._take(entry_id.decode(), fields, how="new")
+                        await self._offer(entries, how="new")
                 else:
                     self._capacity.clear()
                     with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout_at(
-                            asyncio.get_running_loop().time()
-                            + max(0.0, next_heartbeat - time.monotonic())
-                        ):
+                        async with asyncio.timeout(self._heartbeat_s):
                             await self._capacity.wait()
+                self._redis_up()
                 backoff_s = 0.1
             except (RedisError, OSError) as exc:  # OSError includes TimeoutError
-                self._metrics.redis_errors.inc()
+                self._redis_down(exc)
                 if isinstance(exc, ResponseError) and str(exc).startswith("NOGROUP"):
                     # cs:calls, and the group with it, is gone: Redis lost its data (a
                     # restart without persistence) or the key was deleted. Without the group
@@ -333,8 +456,7 @@ class WorkerRuntime:
                         "recreating it",
                         self._kind,
                     )
-                    with contextlib.suppress(RedisError, OSError):  # else: at the next error
-                        await self._create_group()
+                    self._group_ok = False
                 else:
                     log.warning(
                         "worker %s: Redis error (%s); retrying in %.1f s",
@@ -345,48 +467,131 @@ class WorkerRuntime:
                 await asyncio.sleep(backoff_s)
                 backoff_s = min(2.0, backoff_s * 2)
 
-    async def _take(self, entry_id: str, fields: dict[bytes, bytes], *, how: str) -> None:
+    async def _offer(self, entries: StreamEntries, *, how: str) -> None:
+        """Decide on delivered `started` entries, with a fixed number of round trips."""
         assert self._redis is not None
-        try:
-            entry = decode_call(fields)
-        except EntryError as exc:
-            log.warning(
-                "worker %s: dropping malformed calls entry %s: %s", self._kind, entry_id, exc
+        assert self._writer is not None
+        if not entries:
+            return
+        offers = [(entry_id.decode(), parse_offer(fields)) for entry_id, fields in entries]
+        now_ms = int(time.time() * 1000)
+        looked_up: list[tuple[str, CallStarted, bool, bool]] = []  # (entry, call, xpending, exists)
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for entry_id, offer in offers:
+                if not isinstance(offer, CallStarted) or offer.call_id in self._calls:
+                    continue
+                pipe.hgetall(self._keys.checkpoint(self._kind, offer.call_id))
+                if how == "failover":
+                    pipe.xpending_range(
+                        self._keys.calls, self._group, min=entry_id, max=entry_id, count=1
+                    )
+                old = needs_stream_check(offer, now_ms, self._settings.call_ttl_s)
+                if old:
+                    pipe.exists(self._keys.call_in(offer.call_id))
+                looked_up.append((entry_id, offer, how == "failover", old))
+            replies: list[Any] = await pipe.execute() if looked_up else []
+        answers: dict[str, tuple[Checkpoint, int, bool]] = {}
+        at = 0
+        for entry_id, _, pending, old in looked_up:
+            checkpoint = Checkpoint.parse(replies[at])
+            at += 1
+            deliveries = 1
+            if pending:
+                rows = replies[at]
+                at += 1
+                deliveries = int(rows[0]["times_delivered"]) if rows else 1
+            exists = True
+            if old:
+                exists = bool(replies[at])
+                at += 1
+            answers[entry_id] = (checkpoint, deliveries, exists)
+        takes: list[tuple[str, Take]] = []
+        for entry_id, offer in offers:
+            checkpoint, deliveries, exists = answers.get(entry_id, (Checkpoint(), 1, True))
+            decision = decide(
+                offer,
+                how=how,
+                owned=self._calls.keys() | {t.call.call_id for _, t in takes},
+                stopping=self._stopping,
+                checkpoint=checkpoint,
+                deliveries=deliveries,
+                stream_exists=exists,
+                max_attempts=self._settings.worker_max_attempts,
             )
-            await self._redis.xack(self._keys.calls, self._group, entry_id)
-            return
-        if isinstance(entry, CallEnded):
-            await self._redis.xack(self._keys.calls, self._group, entry_id)
-            return
-        if self._stopping:
-            return  # delivered as we stopped: it stays pending and aclose hands it back
-        call_id = entry.call_id
-        age_s = time.time() - entry.time_ms / 1000
-        if call_id in self._calls:
-            return  # already ours (redelivered to us): it stays pending until the call ends
-        if age_s > self._settings.call_ttl_s and not await self._redis.exists(
-            self._keys.call_in(call_id)
-        ):
-            # An old call whose streams have expired (a new kind's group starts at the head of
-            # cs:calls): nothing to serve. A long call still running has its stream.
-            await self._redis.xack(self._keys.calls, self._group, entry_id)
-            return
-        checkpoint, handbacks, error = cast(
-            list[bytes | None],
-            await self._redis.hmget(
-                self._keys.checkpoint(self._kind, call_id), ["entry_id", "handbacks", "error"]
-            ),
+            if isinstance(decision, Take):
+                takes.append((entry_id, decision))
+            elif isinstance(decision, Ack):
+                if decision.why.startswith("malformed"):
+                    log.warning(
+                        "worker %s: dropping calls entry %s: %s", self._kind, entry_id, decision.why
+                    )
+                self._writer.add("", "XACK", self._keys.calls, self._group, entry_id)
+            elif isinstance(decision, Abandon):
+                self._abandon(entry_id, decision)
+        if takes:
+            # A call delivered before may have had results published by its previous owner,
+            # which died before saving a checkpoint: look at its events whenever it is not new.
+            resumed = how == "failover"
+            histories = await self._histories([take for _, take in takes], resumed)
+            for (entry_id, take), history in zip(takes, histories, strict=True):
+                self._take(entry_id, take, history, how)
+
+    async def _histories(self, takes: Sequence[Take], taken_over: bool) -> list[list[Event]]:
+        """The recent events of the calls taken over (for their handlers and the dedupe)."""
+        assert self._redis is not None
+        resumed = [take for take in takes if taken_over or take.checkpoint.exists]
+        found: dict[str, list[Event]] = {}
+        if resumed:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for take in resumed:
+                    pipe.xrevrange(self._keys.call_events(take.call.call_id), count=HISTORY_EVENTS)
+                replies = await pipe.execute()
+            for take, raw in zip(resumed, replies, strict=True):
+                events: list[Event] = []
+                for _, fields in reversed(cast(StreamEntries, raw)):
+                    with contextlib.suppress(KeyError, ValueError, TypeError):
+                        events.append(Event.from_fields(fields))
+                found[take.call.call_id] = events
+        return [found.get(take.call.call_id, []) for take in takes]
+
+    def _take(self, entry_id: str, take: Take, history: list[Event], how: str) -> None:
+        assert self._writer is not None
+        call, checkpoint = take.call, take.checkpoint
+        call_id = call.call_id
+        call_input = CallInput(
+            self._inputs,
+            self._keys.call_in(call_id),
+            self._keys.call_events(call_id),
+            checkpoint.in_id,
+            checkpoint.events_id,
         )
-        if how == "failover":
-            attempt = await self._deliveries(entry_id) - int(handbacks or 0)
-            if attempt > self._settings.worker_max_attempts:
-                await self._abandon(entry_id, entry, attempt - 1, error)
-                return
-        resume_from = checkpoint.decode() if checkpoint else None
-        owned = _Owned(entry_id=entry_id, call=entry, last_id=resume_from or "0-0")
+        events = RedisEventOut(
+            self._writer, call_id, self._settings, (event.id for event in history)
+        )
+        ctx = CallContext(
+            call=call,
+            kind=self._kind,
+            audio=RedisAudioOut(self._writer, call_id, self._settings),
+            events=events,
+            state=dict(checkpoint.state),
+            resumed=how == "failover" or checkpoint.exists,
+            history=tuple(history),
+            participants=call_input.participants,
+            options=self._options,
+        )
+        owned = _Call(
+            entry_id=entry_id,
+            call=call,
+            input=call_input,
+            ctx=ctx,
+            events=events,
+            processed_in=checkpoint.in_id,
+            processed_events=checkpoint.events_id,
+            heard_at=time.monotonic(),
+        )
         self._calls[call_id] = owned
         self._idle.clear()
-        owned.task = asyncio.create_task(self._serve(owned, resume_from), name=f"call-{call_id}")
+        owned.task = asyncio.create_task(self._serve(owned), name=f"call-{call_id}")
         self._metrics.taken.labels(self._kind, how).inc()
         self._metrics.owned.set(len(self._calls))
         log.info(
@@ -395,103 +600,443 @@ class WorkerRuntime:
             self.consumer,
             call_id,
             how,
-            f", resuming after {resume_from}" if resume_from else "",
+            f", resuming after {checkpoint.in_id}" if checkpoint.resumed else "",
         )
 
-    async def _deliveries(self, entry_id: str) -> int:
-        """How often the group has delivered this `started` entry (XREADGROUP, XAUTOCLAIM)."""
-        assert self._redis is not None
-        rows = await self._redis.xpending_range(
-            self._keys.calls, self._group, min=entry_id, max=entry_id, count=1
-        )
-        return int(rows[0]["times_delivered"]) if rows else 1
-
-    async def _abandon(
-        self, entry_id: str, call: CallStarted, attempts: int, error: bytes | None
-    ) -> None:
-        """Give a call up: its processing failed `attempts` times, retrying again would only
-        keep a replica busy failing."""
-        assert self._redis is not None
-        call_id = call.call_id
-        last_error = error.decode(errors="replace") if error else "its owner stopped answering"
+    def _abandon(self, entry_id: str, decision: Abandon) -> None:
+        """Give a call up: its processing failed that often, retrying again would only keep a
+        replica busy failing."""
+        assert self._writer is not None
+        call_id = decision.call.call_id
         event = Event(
-            f"{call_id}:{self._kind}:failed",
+            f"{call_id}:{WORKER_FAILED}:{self._kind}",
             call_id,
             WORKER_FAILED,
             int(time.time() * 1000),
-            {"kind": self._kind, "attempts": attempts, "error": last_error},
+            {"kind": self._kind, "attempts": decision.attempts, "error": decision.error},
         )
-        settings = self._settings
-        async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.xack(self._keys.calls, self._group, entry_id)
-            for key, maxlen in (
-                (self._keys.call_events(call_id), settings.events_maxlen),
-                (self._keys.insights, settings.insights_maxlen),
-            ):
-                pipe.xadd(key, event.fields(), maxlen=maxlen, approximate=True)
-            await pipe.execute()
+        RedisEventOut(self._writer, call_id, self._settings).publish_event(event)
+        self._mark_done(call_id, entry_id, Checkpoint())
         self._metrics.abandoned.inc()
         log.error(
             "worker %s: gave up call %s after %d failed attempts (CS_WORKER_MAX_ATTEMPTS); "
             "last error: %s",
             self._kind,
             call_id,
-            attempts,
-            last_error,
+            decision.attempts,
+            decision.error,
         )
 
+    def _mark_done(self, call_id: str, entry_id: str, checkpoint: Checkpoint) -> None:
+        """Acknowledge the call's entry; its checkpoint says the kind is done with it (so the
+        call's audio need not be kept for this kind any more)."""
+        assert self._writer is not None
+        key = self._keys.checkpoint(self._kind, call_id)
+        self._writer.add("", "XACK", self._keys.calls, self._group, entry_id)
+        self._writer.add(
+            call_id,
+            "HSET",
+            key,
+            F_IN,
+            checkpoint.in_id,
+            F_EVENTS,
+            checkpoint.events_id,
+            F_DONE,
+            "1",
+            F_OWNER,
+            self.consumer,
+        )
+        self._writer.add(call_id, "EXPIRE", key, self._settings.call_ttl_s)
+
+    # ------------------------------------------------------------------ reading
+
+    async def _read_loop(self) -> None:
+        assert self._redis is not None
+        redis = self._redis
+        backoff_s = 0.1
+        while not self._stopping:
+            streams: dict[str, str] = {}
+            owners: dict[bytes, _Call] = {}
+            for call in self._calls.values():
+                if call.busy or call.finishing:
+                    continue
+                for key, position in call.input.streams().items():
+                    streams[key] = position
+                    owners[key.encode()] = call
+            if not streams:
+                self._readable.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self._heartbeat_s):
+                        await self._readable.wait()
+                continue
+            try:
+                async with asyncio.timeout(READ_BLOCK_MS / 1000 + READ_TIMEOUT_MARGIN_S):
+                    reply = cast(
+                        XReadReply,
+                        await redis.xread(streams, count=READ_COUNT, block=READ_BLOCK_MS),  # type: ignore[arg-type]
+                    )
+            except (RedisError, OSError) as exc:
+                self._redis_down(exc)
+                log.warning(
+                    "worker %s: reading calls failed (%s); retrying in %.1f s",
+                    self._kind,
+                    exc,
+                    backoff_s,
+                )
+                await asyncio.sleep(backoff_s)
+                backoff_s = min(2.0, backoff_s * 2)
+                continue
+            backoff_s = 0.1
+            self._metrics.reads.inc()
+            if self._halted():
+                return
+            self._dispatch(reply or [], owners)
+            await asyncio.sleep(READ_INTERVAL_S)
+
+    def _dispatch(self, reply: XReadReply, owners: dict[bytes, _Call]) -> None:
+        now = time.monotonic()
+        read: dict[_Call, tuple[StreamEntries, StreamEntries]] = {}
+        for key, entries in reply:
+            call = owners.get(key)
+            if call is None or self._calls.get(call.call_id) is not call:
+                continue  # dropped (lost, failed) while the read was out
+            audio, events = read.get(call, ([], []))
+            if key == call.input.in_key.encode():
+                audio = entries
+            else:
+                events = entries
+            read[call] = (audio, events)
+        for call, (audio, events) in read.items():
+            batch = call.input.receive(
+                cast(Sequence[tuple[bytes, RawFields]], audio),
+                cast(Sequence[tuple[bytes, RawFields]], events),
+                READ_COUNT,
+            )
+            for why in batch.skipped:
+                log.warning("call %s: skipped %s", call.call_id, why)
+            if audio:
+                call.heard_at = now
+            if call.input.call_ended and call.ended_at is None:
+                call.ended_at = now
+            call.batch = batch
+            call.busy = True
+            call.wake.set()
+
+    # ------------------------------------------------------------------ serving one call
+
+    async def _serve(self, call: _Call) -> None:
+        handler: CallHandler | None = None
+        try:
+            handler = self._factory(call.ctx)
+            call.handler = handler
+            call.busy = False
+            self._readable.set()
+            while True:
+                await call.wake.wait()
+                call.wake.clear()
+                if call.error is not None:
+                    raise WriteFailed(call.error)
+                if self._stopping:
+                    return  # handed back by aclose, from the last processed batch
+                batch, call.batch = call.batch, None
+                if batch is None:
+                    continue
+                if batch.items:
+                    published_ms = parse_id(batch.items[0][0])[0]
+                    # Stream ids carry Redis's clock: the figure includes the clock offset
+                    # between this host and Redis's (NTP keeps it to milliseconds).
+                    self._metrics.delay.observe(max(0.0, time.time() - published_ms / 1000))
+                    await handler.handle(batch.items)
+                    self._metrics.entries.inc(len(batch.items))
+                if batch.last_in is not None:
+                    call.processed_in = batch.last_in
+                if batch.last_event is not None:
+                    call.processed_events = batch.last_event
+                if call.want_snapshot:
+                    self._take_snapshot(call)
+                if call.error is not None:
+                    raise WriteFailed(call.error)
+                if call.input.complete:
+                    break
+                if self._halted():
+                    return
+                call.busy = False
+                self._readable.set()
+            await handler.aclose()
+            handler = None
+            await self._finish(call)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            # The call stays pending: after its idle timeout another replica retries it (up
+            # to CS_WORKER_MAX_ATTEMPTS times); the error is kept for the one that gives up.
+            self._metrics.failed.inc()
+            log.exception("worker %s: call %s failed", self._kind, call.call_id)
+            self._record_failure(call.call_id, exc)
+        finally:
+            if handler is not None:
+                with contextlib.suppress(Exception):
+                    await handler.aclose()
+            if not self._stopping:
+                self._drop(call)
+
+    def _drop(self, call: _Call) -> None:
+        if self._calls.get(call.call_id) is call:
+            del self._calls[call.call_id]
+        self._metrics.owned.set(len(self._calls))
+        self._capacity.set()
+        if not self._calls:
+            self._idle.set()
+
+    async def _finish(self, call: _Call) -> None:
+        """The call's input is complete and its handler closed: say so, acknowledge, trim."""
+        assert self._writer is not None
+        call.finishing = True  # its ack is not a takeover, for a heartbeat racing it
+        reason = call.input.end_reason or "normal"
+        call.events.publish(f"{self._kind}.done", {"kind": self._kind, "reason": reason})
+        if reason == IDLE_END_REASON:
+            self._expire_call_keys(call.call_id)
+        self._mark_done(
+            call.call_id,
+            call.entry_id,
+            Checkpoint(in_id=call.processed_in, events_id=call.processed_events),
+        )
+        if self._inputs.audio:
+            await self._trim([call], finished=True)
+        await self._writer.drain()
+        if call.error is not None:
+            raise WriteFailed(call.error)
+        self._metrics.finished.inc()
+        log.info("worker %s: call %s done (%s)", self._kind, call.call_id, reason)
+
+    def _record_failure(self, call_id: str, exc: Exception) -> None:
+        assert self._writer is not None
+        key = self._keys.checkpoint(self._kind, call_id)
+        self._writer.add("", "HSET", key, F_ERROR, f"{type(exc).__name__}: {exc}"[:300])
+        self._writer.add("", "EXPIRE", key, self._settings.call_ttl_s)
+
+    def _on_write_failure(self, call_id: str, error: str) -> None:
+        call = self._calls.get(call_id)
+        if call is not None and call.error is None:
+            call.error = error
+            call.wake.set()
+
+    # ------------------------------------------------------------------ heartbeat
+
+    async def _heartbeat_loop(self) -> None:
+        while not self._stopping:
+            await asyncio.sleep(self._heartbeat_s)
+            if self._halted():
+                return
+            try:
+                async with asyncio.timeout(READ_TIMEOUT_MARGIN_S):
+                    await self._heartbeat()
+            except (RedisError, OSError) as exc:
+                self._redis_down(exc)
+                log.warning("worker %s: heartbeat failed: %s", self._kind, exc)
+
     async def _heartbeat(self) -> None:
-        """Refresh the claim on the calls still ours; give up those another replica took."""
+        """Refresh the claim on the calls still ours, give up those another replica took,
+        save checkpoints, end calls gone quiet, trim audio."""
         assert self._redis is not None
         if not self._calls:
             return
         mine = await self._pending_ids()
-        for owned in list(self._calls.values()):
-            if owned.entry_id not in mine and not owned.finishing:
-                if await self._trimmed(owned):
-                    continue
-                # Our heartbeat came too late and another replica took the call over: it
-                # resumes from our last checkpoint, so we stop rather than claim it back.
+        owned = {c.call_id: c.entry_id for c in self._calls.values()}
+        settled = {c.call_id for c in self._calls.values() if c.finishing or c.trimmed}
+        missing = missing_entries(owned, mine, settled)
+        if missing:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for call_id in missing:
+                    entry_id = owned[call_id]
+                    pipe.xrange(self._keys.calls, entry_id, entry_id)
+                present = [bool(found) for found in await pipe.execute()]
+            lost, trimmed = classify_missing(missing, present)
+            for call_id in lost:
+                self._lose(call_id)
+            for call_id in trimmed:
+                self._calls[call_id].trimmed = True
                 log.warning(
-                    "worker %s: call %s was taken over by another replica",
+                    "worker %s: call %s's `started` entry is gone from %s (older than "
+                    "CS_CALLS_RETENTION_S, or Redis lost its data): it is served here to its "
+                    "end but can no longer fail over",
                     self._kind,
-                    owned.call.call_id,
+                    call_id,
+                    self._keys.calls,
                 )
-                self._metrics.lost.inc()
-                self._calls.pop(owned.call.call_id, None)
-                if owned.task is not None:
-                    owned.task.cancel()
-        self._metrics.owned.set(len(self._calls))
-        if not self._calls:
-            self._idle.set()
-            return
-        ids: list[StreamIdT] = [owned.entry_id for owned in self._calls.values()]
-        async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.xclaim(self._keys.calls, self._group, self.consumer, 0, ids, justid=True)
-            for owned in self._calls.values():
-                self._queue_checkpoint(pipe, owned)
-            await pipe.execute()
+        calls = [c for c in self._calls.values() if not c.finishing]
+        claim: list[StreamIdT] = [c.entry_id for c in calls if not c.trimmed]
+        if claim:
+            await self._redis.xclaim(
+                self._keys.calls, self._group, self.consumer, 0, claim, justid=True
+            )
+        for call in calls:
+            self._save_checkpoint(call)
+        await self._check_liveness(calls)
+        if self._inputs.audio:
+            await self._trim(calls, finished=False)
+        self._redis_up()
 
-    async def _trimmed(self, owned: _Owned) -> bool:
-        """True when the call's `started` entry is no longer in cs:calls at all, rather than
-        claimed by another replica: trimmed (a call older than CS_CALLS_RETENTION_S; XCLAIM
-        then drops it from the pending list, so our own heartbeat made it vanish), or lost with
-        Redis's data. We go on serving the call: no other replica could take it over now."""
+    def _lose(self, call_id: str) -> None:
+        """Our heartbeat came too late and another replica took the call over: it resumes from
+        our last checkpoint, so we stop rather than claim it back."""
+        call = self._calls.pop(call_id, None)
+        if call is None:
+            return
+        log.warning("worker %s: call %s was taken over by another replica", self._kind, call_id)
+        self._metrics.lost.inc()
+        if call.task is not None:
+            call.task.cancel()
+        self._drop(call)
+
+    def _snapshot(self, call: _Call) -> tuple[str, str, str]:
+        """The call's checkpoint: read positions and the handler's state, taken between two
+        batches so they agree. During a batch: the last one taken, and a new one is taken
+        when the batch is done (a busy call is busy at nearly every heartbeat)."""
+        if call.busy and call.snapshot is not None:
+            call.want_snapshot = True
+            return call.snapshot
+        return self._take_snapshot(call)
+
+    def _take_snapshot(self, call: _Call) -> tuple[str, str, str]:
+        call.want_snapshot = False
+        needed = None
+        handler: object = call.handler
+        if isinstance(handler, ResumePoint):
+            needed = handler.resume_from()
+        state = json.dumps(call.ctx.state, separators=(",", ":")) if call.ctx.state else EMPTY_STATE
+        call.snapshot = (resume_point(call.processed_in, needed), call.processed_events, state)
+        return call.snapshot
+
+    def _save_checkpoint(self, call: _Call) -> None:
+        assert self._writer is not None
+        in_id, events_id, state = self._snapshot(call)
+        key = self._keys.checkpoint(self._kind, call.call_id)
+        fields = checkpoint_fields(in_id, events_id, state, self.consumer)
+        args: list[bytes | str] = []
+        for name, value in fields.items():
+            args.extend((name, value))
+        self._writer.add(call.call_id, "HSET", key, *args)
+        self._writer.add(call.call_id, "EXPIRE", key, self._settings.call_ttl_s)
+
+    async def _check_liveness(self, calls: Sequence[_Call]) -> None:
+        """End calls whose input will not end by itself: a call streams 50 frames a second
+        until the gateway's end marker, so nothing for CS_CALL_IDLE_TIMEOUT_S means the
+        gateway is gone; a call whose awaited `*.done` never follows `call.ended` (that kind
+        is not deployed) is ended that long after `call.ended`."""
         assert self._redis is not None
-        if owned.trimmed:
-            return True  # a removed entry does not come back: no need to look again
-        if await self._redis.xrange(self._keys.calls, owned.entry_id, owned.entry_id):
-            return False
-        owned.trimmed = True
-        log.warning(
-            "worker %s: call %s's `started` entry is gone from %s (older than "
-            "CS_CALLS_RETENTION_S, or Redis lost its data): it is served here to its end "
-            "but can no longer fail over",
-            self._kind,
-            owned.call.call_id,
-            self._keys.calls,
-        )
-        return True
+        now = time.monotonic()
+        timeout_s = self._settings.call_idle_timeout_s
+        watch = [c for c in calls if not self._inputs.audio and not c.busy]
+        if watch:
+            # Kinds that do not read audio look at the inbound stream's last entry instead.
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for call in watch:
+                    pipe.xrevrange(call.input.in_key, count=1)
+                lasts = await pipe.execute()
+            for call, last in zip(watch, lasts, strict=True):
+                last_id = cast(StreamEntries, last)[0][0].decode() if last else None
+                if last_id != call.in_last:
+                    call.in_last = last_id
+                    call.heard_at = now
+        for call in calls:
+            if call.busy or call.input.complete:
+                continue
+            if now - call.heard_at > timeout_s:
+                reason = IDLE_END_REASON
+                log.warning(
+                    "call %s: no inbound entry for %g s (CS_CALL_IDLE_TIMEOUT_S); ending it",
+                    call.call_id,
+                    timeout_s,
+                )
+            elif call.ended_at is not None and now - call.ended_at > timeout_s:
+                reason = UNTIL_MISSING_REASON
+                log.warning(
+                    "call %s: ended %g s ago without %s; ending it",
+                    call.call_id,
+                    timeout_s,
+                    " or ".join(sorted(self._inputs.until)),
+                )
+            else:
+                continue
+            items = call.input.end_input(reason)
+            call.batch = Batch(items, None, None, [])
+            call.busy = True
+            call.wake.set()
+
+    def _expire_call_keys(self, call_id: str) -> None:
+        """The gateway that would have set the call's TTL is gone: set it (unless it is set),
+        or the call's streams would stay for ever."""
+        assert self._writer is not None
+        for key in self._keys.call_keys(call_id):
+            self._writer.add("", "EXPIRE", key, self._settings.call_ttl_s, "NX")
+
+    async def _trim(self, calls: Sequence[_Call], *, finished: bool) -> None:
+        """Trim each call's inbound audio that every audio-reading kind has checkpointed past
+        (plus the replay margin); delete it once every one of them is done with the call."""
+        assert self._redis is not None
+        assert self._writer is not None
+        if not calls:
+            return
+        others = [kind for kind in await self._audio_reading_kinds() if kind != self._kind]
+        theirs: list[list[Checkpoint]] = [[] for _ in calls]
+        if others:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for call in calls:
+                    for kind in others:
+                        pipe.hmget(self._keys.checkpoint(kind, call.call_id), [F_IN, F_DONE])
+                replies = await pipe.execute()
+            at = 0
+            for index in range(len(calls)):
+                for _ in others:
+                    in_id, done = replies[at]
+                    at += 1
+                    theirs[index].append(
+                        Checkpoint.parse({F_IN: in_id, F_DONE: done or b""})
+                        if in_id
+                        else Checkpoint()
+                    )
+        margin_ms = int(self._settings.audio_replay_margin_s * 1000)
+        for call, their in zip(calls, theirs, strict=True):
+            mine = (
+                Checkpoint(done=True, exists=True)
+                if finished
+                else Checkpoint(in_id=self._snapshot(call)[0], exists=True)
+            )
+            trim = audio_trim_id([mine, *their], margin_ms)
+            if trim == ALL:
+                self._writer.add("", "DEL", call.input.in_key)
+            elif trim is not None:
+                self._writer.add("", "XTRIM", call.input.in_key, "MINID", "~", trim)
+
+    async def _audio_reading_kinds(self) -> list[str]:
+        """The kinds whose consumer groups exist on cs:calls and that read audio (a group of
+        a kind not in the kinds hash, from an older version, counts as reading audio)."""
+        assert self._redis is not None
+        if time.monotonic() - self._kinds_read_at < KINDS_REFRESH_S:
+            return self._audio_kinds
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.hgetall(self._keys.kinds)
+            pipe.xinfo_groups(self._keys.calls)
+            registered, groups = await pipe.execute()
+        prefix = self._keys.group("")
+        kinds: list[str] = []
+        for group in groups:
+            name = group["name"]
+            name = name.decode() if isinstance(name, bytes) else str(name)
+            if not name.startswith(prefix):
+                continue
+            kind = name[len(prefix) :]
+            inputs = registered.get(kind.encode())
+            try:
+                reads_audio = bool(json.loads(inputs)["audio"]) if inputs else True
+            except (ValueError, KeyError, TypeError):
+                reads_audio = True
+            if reads_audio:
+                kinds.append(kind)
+        self._audio_kinds = kinds
+        self._kinds_read_at = time.monotonic()
+        return kinds
 
     async def _pending_ids(self) -> set[str]:
         """Ids of the `started` entries this consumer holds in the group's pending list."""
@@ -511,28 +1056,27 @@ class WorkerRuntime:
             for row in rows
         }
 
-    def _queue_checkpoint(self, pipe: aioredis.client.Pipeline, owned: _Owned) -> None:
-        key = self._keys.checkpoint(self._kind, owned.call.call_id)
-        pipe.hset(key, mapping={"entry_id": owned.checkpoint, "owner": self.consumer})
-        pipe.expire(key, self._settings.call_ttl_s)
+    # ------------------------------------------------------------------ hand-back
 
-    async def _hand_back(self, owned: Sequence[_Owned]) -> None:
+    async def _hand_back(self, owned: Sequence[_Call]) -> None:
         """Save the owned calls' checkpoints and mark every entry this consumer holds (also
         one delivered while it was stopping) as long idle, for another replica to take."""
         assert self._redis is not None
+        assert self._writer is not None
         try:
             held: list[StreamIdT] = [
-                *sorted(await self._pending_ids() | {item.entry_id for item in owned})
+                *sorted(await self._pending_ids() | {c.entry_id for c in owned if not c.finishing})
             ]
-            if not held:
-                return
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for item in owned:
-                    self._queue_checkpoint(pipe, item)
-                    # The next owner's claim counts as a delivery; a hand-back is no failure.
-                    key = self._keys.checkpoint(self._kind, item.call.call_id)
-                    pipe.hincrby(key, "handbacks", 1)
-                pipe.xclaim(
+            for call in owned:
+                if call.finishing:
+                    continue
+                self._save_checkpoint(call)
+                # The next owner's claim counts as a delivery; a hand-back is no failure.
+                key = self._keys.checkpoint(self._kind, call.call_id)
+                self._writer.add("", "HINCRBY", key, F_HANDBACKS, 1)
+            await self._writer.drain()  # checkpoints first: then the entries may go
+            if held:
+                await self._redis.xclaim(
                     self._keys.calls,
                     self._group,
                     self.consumer,
@@ -541,8 +1085,7 @@ class WorkerRuntime:
                     idle=HANDBACK_IDLE_MS,
                     justid=True,
                 )
-                await pipe.execute()
-            log.info("worker %s: handed back %d calls", self._kind, len(held))
+                log.info("worker %s: handed back %d calls", self._kind, len(held))
         except (RedisError, OSError) as exc:
             log.warning(
                 "worker %s: could not hand back %d calls (%s); they will be taken over "
@@ -551,110 +1094,3 @@ class WorkerRuntime:
                 len(owned),
                 exc,
             )
-
-    async def _record_failure(self, call_id: str, exc: Exception) -> None:
-        assert self._redis is not None
-        key = self._keys.checkpoint(self._kind, call_id)
-        try:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                pipe.hset(key, "error", f"{type(exc).__name__}: {exc}"[:300])
-                pipe.expire(key, self._settings.call_ttl_s)
-                await pipe.execute()
-        except (RedisError, OSError) as error:  # Redis itself may be why the call failed
-            log.warning(
-                "worker %s: could not record call %s's error: %s", self._kind, call_id, error
-            )
-
-    # ------------------------------------------------------------------ serving one call
-
-    async def _serve(self, owned: _Owned, resume_from: str | None) -> None:
-        assert self._redis is not None
-        redis = self._redis
-        call_id = owned.call.call_id
-        key = self._keys.call_in(call_id)
-        handler: CallHandler | None = None
-        finished = False
-        try:
-            state_key = self._keys.checkpoint(self._kind, call_id)
-            context = CallContext(owned.call, redis, self._settings, resume_from, state_key)
-            handler = self._factory(context)
-            owned.handler = handler
-            block_ms = int(self._heartbeat_s * 1000)
-            idle_timeout_s = self._settings.call_idle_timeout_s
-            heard_at = time.monotonic()
-            while not finished:
-                if self._stopping:
-                    return  # handed back by aclose, from owned.last_id
-                async with asyncio.timeout(block_ms / 1000 + READ_TIMEOUT_MARGIN_S):
-                    reply = cast(
-                        XReadReply,
-                        await redis.xread({key: owned.last_id}, count=READ_COUNT, block=block_ms),
-                    )
-                if not reply:
-                    # A call streams 50 frames a second (silent ones too) until its `end`
-                    # entry; nothing at all for this long means the gateway that had it is
-                    # gone (or its stream expired): end it, or it would hold capacity for ever.
-                    # (Nothing *yet* is normal: the first frame may follow `started`.)
-                    if time.monotonic() - heard_at > idle_timeout_s:
-                        log.warning(
-                            "call %s: no inbound entry for %.0f s (CS_CALL_IDLE_TIMEOUT_S); "
-                            "ending it",
-                            call_id,
-                            idle_timeout_s,
-                        )
-                        await handler.handle([(owned.last_id, InEnd(IDLE_END_REASON))])
-                        # The gateway that would have set the call's TTL is gone: set it
-                        # (unless it is set), or the call's streams would stay for ever.
-                        async with redis.pipeline(transaction=False) as pipe:
-                            for call_key in self._keys.call_keys(call_id):
-                                pipe.expire(call_key, self._settings.call_ttl_s, nx=True)
-                            await pipe.execute()
-                        finished = True
-                    continue
-                heard_at = time.monotonic()
-                batch: list[tuple[str, InEntry]] = []
-                for entry_id, fields in reply[0][1]:
-                    try:
-                        entry = decode_in(fields)
-                    except EntryError as exc:
-                        log.warning("call %s: skipped entry %s: %s", call_id, entry_id, exc)
-                        continue
-                    batch.append((entry_id.decode(), entry))
-                    if isinstance(entry, InEnd):
-                        finished = True
-                        break
-                if batch:
-                    # Stream ids carry Redis's clock: the figure includes the clock offset
-                    # between this host and Redis's (NTP keeps it to milliseconds).
-                    published_ms = parse_id(batch[0][0])[0]
-                    self._metrics.delay.observe(max(0.0, time.time() - published_ms / 1000))
-                    await handler.handle(batch)
-                    self._metrics.entries.inc(len(batch))
-                owned.last_id = batch[-1][0] if batch else reply[0][1][-1][0].decode()
-            await handler.aclose()
-            handler = None
-            owned.finishing = True  # its ack is not a takeover, for a heartbeat racing it
-            async with redis.pipeline(transaction=False) as pipe:
-                pipe.xack(self._keys.calls, self._group, owned.entry_id)
-                pipe.delete(self._keys.checkpoint(self._kind, call_id))
-                await pipe.execute()
-            self._metrics.finished.inc()
-            log.info("worker %s: call %s done", self._kind, call_id)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            # The call stays pending: after its idle timeout another replica retries it (up
-            # to CS_WORKER_MAX_ATTEMPTS times); the error is kept for the one that gives up.
-            self._metrics.failed.inc()
-            log.exception("worker %s: call %s failed", self._kind, call_id)
-            await self._record_failure(call_id, exc)
-        finally:
-            if handler is not None:
-                with contextlib.suppress(Exception):
-                    await handler.aclose()
-            if not self._stopping:
-                self._calls.pop(call_id, None)
-                self._metrics.owned.set(len(self._calls))
-                self._capacity.set()
-                if not self._calls:
-                    self._idle.set()

@@ -13,30 +13,33 @@ the call's events stream and on the insights stream:
 Offsets are 100-ns ticks from the call's first frame. Event ids are stable (stream and offset),
 so a consumer can drop the duplicates a failover replays. Recognition is CPU-bound and runs in
 a worker thread, one batch at a time per call, so the event loop keeps reading.
+
+When every utterance of the call has been published, the runtime publishes ``transcribe.done``.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import logging
+import os
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import cast
+from typing import Any
 
 import numpy as np
 import soxr
 
-from callstream.shared.entries import InEnd, InEntry, InFrame, StreamEntries, decode_in, parse_id
-from callstream.shared.events import Event
-from callstream.workers.base import CallContext, CallHandler, HandlerFactory
+from callstream.shared.entries import InEnd, InFrame, parse_id
+from callstream.workers.api import CallContext, CallHandler, HandlerFactory, Item, Kind
 from callstream.workers.stt.engine import Recognizer, RecognizerFactory, Result
 from callstream.workers.stt.transcript import (
     SPEECH_STARTED,
     SPEECH_STOPPED,
     TICKS_PER_MS,
     TRANSCRIPT,
-    transcript_event_id,
+    transcript_key,
     transcription_data,
 )
 from callstream.workers.vad import (
@@ -56,6 +59,20 @@ log = logging.getLogger(__name__)
 RATE_HZ = 16000  # what the voice activity detector gets
 FRAME_BYTES = RATE_HZ * FRAME_MS // 1000 * 2
 TIME_HISTORY = START_WINDOW + PREROLL_FRAMES + STOP_FRAMES + 10  # frames whose time is kept
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """An event the core wants published: ``type`` and ``key`` make its stable id (see
+    :meth:`~callstream.workers.api.EventOut.publish`). ``participant`` and ``onset_ms`` (the
+    utterance's start, ms from the call's first frame) say which utterance it is about."""
+
+    type: str
+    key: str
+    time_ms: int
+    data: dict[str, Any]
+    participant: str
+    onset_ms: int
 
 
 @dataclass
@@ -121,9 +138,9 @@ class Transcriber:
         self.start_ts_ms: int | None = None  # the call's first frame
         self.earliest_needed: str | None = None  # set after each batch (read from the loop)
 
-    def process(self, frames: Sequence[tuple[str, InFrame]], ended: bool) -> list[Event]:
+    def process(self, frames: Sequence[tuple[str, InFrame]], ended: bool) -> list[Outgoing]:
         """Frames (with their in-stream entry ids) in, events out."""
-        events: list[Event] = []
+        events: list[Outgoing] = []
         for entry_id, frame in frames:
             if self.start_ts_ms is None:
                 self.start_ts_ms = frame.ts_ms
@@ -170,11 +187,11 @@ class Transcriber:
             else soxr.ResampleStream(self._rate_hz, RATE_HZ, 1, dtype="int16"),
         )
 
-    def _finish(self, stream: _Stream) -> list[Event]:
+    def _finish(self, stream: _Stream) -> list[Outgoing]:
         """End a stream at its last frame: close an open utterance, take the engine's last
         results."""
         now_ms = self._now_ms(stream)
-        events: list[Event] = []
+        events: list[Outgoing] = []
         for vad_event in stream.segmenter.flush():
             events.extend(self._on_vad(stream, vad_event, now_ms))
         events.extend(
@@ -186,7 +203,7 @@ class Transcriber:
         assert self.start_ts_ms is not None
         return self.start_ts_ms + stream.call_ms(stream.segmenter.offset_ms)
 
-    def _on_vad(self, stream: _Stream, event: VadEvent, ts_ms: int) -> list[Event]:
+    def _on_vad(self, stream: _Stream, event: VadEvent, ts_ms: int) -> list[Outgoing]:
         if isinstance(event, SpeechAudio):
             results = stream.recognizer.feed(event.audio)
             return [self._transcript(stream, result, ts_ms) for result in results]
@@ -201,68 +218,65 @@ class Transcriber:
         events.append(self._speech(stream, SPEECH_STOPPED, stream.call_ms(event.offset_ms), ts_ms))
         return events
 
-    def _speech(self, stream: _Stream, kind: str, offset_ms: int, ts_ms: int) -> Event:
-        return Event(
-            f"{self._call_id}:{kind}:{stream.channel}:{stream.utterance_ms}",
-            self._call_id,
+    def _speech(self, stream: _Stream, kind: str, offset_ms: int, ts_ms: int) -> Outgoing:
+        return Outgoing(
             kind,
+            f"{stream.channel}:{stream.utterance_ms}",
             ts_ms,
             {
                 "participantRawID": stream.participant,
                 "channel": stream.channel,
                 "offset": offset_ms * TICKS_PER_MS,
             },
+            stream.participant,
+            stream.utterance_ms,
         )
 
-    def _transcript(self, stream: _Stream, result: Result, ts_ms: int) -> Event:
-        return Event(
-            transcript_event_id(self._call_id, stream.channel, result),
-            self._call_id,
+    def _transcript(self, stream: _Stream, result: Result, ts_ms: int) -> Outgoing:
+        return Outgoing(
             TRANSCRIPT,
+            transcript_key(stream.channel, result),
             ts_ms,
             transcription_data(result, stream.participant),
+            stream.participant,
+            result.offset_ms,
         )
 
 
-START_TS_FIELD = "transcribe_start_ts_ms"  # in the call's state hash (CallContext.state_key)
-REPUBLISH_WINDOW = 2000  # events a new owner looks back over for what was published already
+START_TS = "start_ts_ms"  # in the call's state: its first frame's timestamp (epoch ms)
 
 
 class TranscribeHandler:
     def __init__(self, ctx: CallContext, engine: RecognizerFactory) -> None:
         self._ctx = ctx
-        self._keys = ctx.settings.keys
-        self._call_id = ctx.call.call_id
-        self._core = Transcriber(self._call_id, ctx.call.rate_hz, engine)
-        self._started = False
-        self._start_saved = False
+        self._core = Transcriber(ctx.call_id, ctx.call.rate_hz, engine)
+        start_ts = ctx.state.get(START_TS)
+        # Taken over mid-call: offsets still count from the call's first frame (which the
+        # stream may no longer hold).
+        self._core.start_ts_ms = start_ts if isinstance(start_ts, int) else None
         # What a previous owner already published: this one re-reads from the checkpoint (or
-        # from the start, if that owner died before saving one), and what it hears again is
-        # not published again — the same ids, and anything about an utterance the previous
-        # owner finalised (its recogniser and detector start afresh, so an onset can move by a
-        # frame and a text change: the first final of an utterance stands).
-        self._published: set[str] = set()
-        self._finalised: dict[str, list[tuple[int, int]]] = {}  # channel → (onset, end) ms
+        # from the start, if that owner died before saving one). The events port drops what
+        # it publishes again under the same id; an utterance the previous owner finalised is
+        # not published again at all (recogniser and detector start afresh, so an onset can
+        # move by a frame and a text change: the first final of an utterance stands).
+        self._finalised: dict[str, list[tuple[int, int]]] = {}  # participant → (onset, end) ms
+        for event in ctx.history:
+            if event.type == TRANSCRIPT and event.data.get("resultStatus") == "Final":
+                onset_ms = int(event.data["offset"]) // TICKS_PER_MS
+                end_ms = onset_ms + int(event.data["duration"]) // TICKS_PER_MS
+                participant = str(event.data.get("participantRawID", ""))
+                self._finalised.setdefault(participant, []).append((onset_ms, end_ms))
 
-    async def handle(self, batch: Sequence[tuple[str, InEntry]]) -> None:
-        if not self._started:
-            if self._ctx.resume_from is not None:
-                # Taken over mid-call: offsets still count from the call's first frame.
-                self._core.start_ts_ms = await self._call_start_ts()
-            await self._load_published()
-            self._started = True
+    async def handle(self, batch: Sequence[Item]) -> None:
         frames = [(entry_id, entry) for entry_id, entry in batch if isinstance(entry, InFrame)]
         ended = any(isinstance(entry, InEnd) for _, entry in batch)
-        events = await asyncio.to_thread(self._core.process, frames, ended)
-        if not self._start_saved and self._core.start_ts_ms is not None:
-            # For a new owner: the stream's first frame may be trimmed by then (MAXLEN).
-            async with self._ctx.redis.pipeline(transaction=False) as pipe:
-                pipe.hset(self._ctx.state_key, START_TS_FIELD, str(self._core.start_ts_ms))
-                pipe.expire(self._ctx.state_key, self._ctx.settings.call_ttl_s)
-                await pipe.execute()
-            self._start_saved = True
-        if events:
-            await self._publish(events)
+        outgoing = await asyncio.to_thread(self._core.process, frames, ended)
+        if START_TS not in self._ctx.state and self._core.start_ts_ms is not None:
+            self._ctx.state[START_TS] = self._core.start_ts_ms
+        publish = self._ctx.events.publish
+        for out in outgoing:
+            if not self._finalised_before(out):
+                publish(out.type, out.data, key=out.key, time_ms=out.time_ms)
 
     async def aclose(self) -> None:
         pass
@@ -272,80 +286,10 @@ class TranscribeHandler:
         reads them again, so an utterance is never cut at a takeover."""
         return self._core.earliest_needed
 
-    async def _call_start_ts(self) -> int | None:
-        """The call's first frame's timestamp, as the first owner saved it, or (if it died
-        before it could) as the stream's first frame says."""
-        saved = await self._ctx.redis.hget(self._ctx.state_key, START_TS_FIELD)
-        if saved is not None:
-            return int(saved)
-        raw = cast(
-            StreamEntries,
-            await self._ctx.redis.xrange(self._keys.call_in(self._call_id), count=10),
+    def _finalised_before(self, out: Outgoing) -> bool:
+        return any(
+            start <= out.onset_ms <= end for start, end in self._finalised.get(out.participant, ())
         )
-        for _, fields in raw:
-            entry = decode_in(fields)
-            if isinstance(entry, InFrame):
-                return entry.ts_ms
-        return None
-
-    async def _load_published(self) -> None:
-        """The call's last events: more than a new owner can hear again (it re-reads at most
-        an utterance, 20 s, and a heartbeat)."""
-        raw = cast(
-            StreamEntries,
-            await self._ctx.redis.xrevrange(
-                self._keys.call_events(self._call_id), count=REPUBLISH_WINDOW
-            ),
-        )
-        for _, fields in raw:
-            try:
-                event = Event.from_fields(fields)
-            except (KeyError, ValueError, TypeError):
-                continue  # not an event of ours
-            self._published.add(event.id)
-            where = self._utterance_of(event)
-            final = event.type == TRANSCRIPT and event.data.get("resultStatus") == "Final"
-            if where is not None and final:
-                channel, onset_ms = where
-                end_ms = onset_ms + int(event.data["duration"]) // TICKS_PER_MS
-                self._finalised.setdefault(channel, []).append((onset_ms, end_ms))
-
-    def _utterance_of(self, event: Event) -> tuple[str, int] | None:
-        """(channel, onset ms) from a transcriber event's id: ``{call}:{type}:{channel}:
-        {onset}…``."""
-        parts = event.id[len(self._call_id) + 1 :].split(":")
-        if len(parts) < 3 or not parts[2].isdigit():
-            return None
-        return parts[1], int(parts[2])
-
-    def _heard_before(self, event: Event) -> bool:
-        if event.id in self._published:
-            return True
-        where = self._utterance_of(event)
-        if where is None:
-            return False
-        channel, onset_ms = where
-        return any(start <= onset_ms <= end for start, end in self._finalised.get(channel, ()))
-
-    async def _publish(self, events: Sequence[Event]) -> None:
-        settings = self._ctx.settings
-        if self._published:
-            events = [e for e in events if not self._heard_before(e)]
-            if not events:
-                return
-        async with self._ctx.redis.pipeline(transaction=False) as pipe:
-            for event in events:
-                fields = event.fields()
-                pipe.xadd(
-                    self._keys.call_events(self._call_id),
-                    fields,
-                    maxlen=settings.events_maxlen,
-                    approximate=True,
-                )
-                pipe.xadd(
-                    self._keys.insights, fields, maxlen=settings.insights_maxlen, approximate=True
-                )
-            await pipe.execute()
 
 
 def transcribe_factory(engine: RecognizerFactory) -> HandlerFactory:
@@ -353,3 +297,42 @@ def transcribe_factory(engine: RecognizerFactory) -> HandlerFactory:
         return TranscribeHandler(ctx, engine)
 
     return factory
+
+
+def _add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--engine",
+        choices=("pocketsphinx", "azure"),
+        default="pocketsphinx",
+        help="speech-to-text engine: pocketsphinx (offline, default) or azure "
+        "(CS_AZURE_SPEECH_KEY and CS_AZURE_SPEECH_REGION or _ENDPOINT)",
+    )
+
+
+def _configure(options: argparse.Namespace) -> HandlerFactory:
+    # Engines are imported here: a replica loads only the SDK it uses.
+    if getattr(options, "engine", "pocketsphinx") == "azure":
+        from callstream.workers.stt.azure_engine import (  # noqa: PLC0415
+            AzureSpeechSettings,
+            azure_factory,
+            check_service,
+        )
+
+        settings = AzureSpeechSettings.from_env(os.environ)
+        check_service(settings)  # one clear error now rather than one per call
+        log.info("azure speech: %s, %s", settings.endpoint or settings.region, settings.language)
+        return transcribe_factory(azure_factory(settings))
+    from callstream.workers.stt.pocketsphinx_engine import pocketsphinx_factory  # noqa: PLC0415
+
+    return transcribe_factory(pocketsphinx_factory)
+
+
+# PocketSphinx holds the GIL: one replica is one core, about two real-time streams
+# (docs/performance.md). Scale with replicas, not with --max-calls.
+KIND = Kind(
+    "transcribe",
+    configure=_configure,
+    help="speech events and ACS-shaped transcripts (offline PocketSphinx, or Azure Speech)",
+    max_calls=2,
+    add_arguments=_add_arguments,
+)

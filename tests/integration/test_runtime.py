@@ -24,7 +24,6 @@ from prometheus_client import CollectorRegistry
 from callstream.shared.entries import (
     CallStarted,
     InEnd,
-    InEntry,
     InFrame,
     decode_out,
     encode_call,
@@ -32,7 +31,7 @@ from callstream.shared.entries import (
 )
 from callstream.shared.events import WORKER_FAILED
 from callstream.shared.settings import Settings
-from callstream.workers.base import CallContext, CallHandler
+from callstream.workers.api import CallContext, CallHandler, Item
 from callstream.workers.echo import echo_factory
 from callstream.workers.runtime import WorkerRuntime
 from tests.helpers import RedisProcess, free_port, until, xrange
@@ -54,18 +53,21 @@ async def add_frames(
     count: int,
     *,
     silent_every: int = 0,
-) -> None:
+) -> list[str]:
+    """Frames ``first`` … ``first + count - 1`` of a call; their entry ids."""
     async with redis.pipeline(transaction=False) as pipe:
         for seq in range(first, first + count):
             silent = bool(silent_every) and seq % silent_every == 0
             pcm = bytes(640) if silent else seq.to_bytes(4, "little") * 160
             frame = InFrame(seq, 0, "", 0, silent, pcm)
             pipe.xadd(settings.keys.call_in(call_id), encode_in(frame))
-        await pipe.execute()
+        return [entry_id.decode() for entry_id in await pipe.execute()]
 
 
-async def end_call(redis: aioredis.Redis, settings: Settings, call_id: str) -> None:
-    await redis.xadd(settings.keys.call_in(call_id), encode_in(InEnd("normal")))
+async def end_call(redis: aioredis.Redis, settings: Settings, call_id: str) -> str:
+    """The call's end marker; its entry id."""
+    entry_id = await redis.xadd(settings.keys.call_in(call_id), encode_in(InEnd("normal")))
+    return cast(bytes, entry_id).decode()
 
 
 async def echoed_seqs(redis: aioredis.Redis, settings: Settings, call_id: str) -> list[int]:
@@ -125,7 +127,12 @@ async def test_echo_plays_back_speech_frames_in_order_and_finishes_the_call(
         async with asyncio.timeout(10):
             await worker.wait_idle()
     assert await echoed_seqs(redis, settings, "c1") == [s for s in range(100) if s % 3]
-    assert await redis.exists(settings.keys.checkpoint("echo", "c1")) == 0
+    # Done: the checkpoint says so (until its TTL), and the audio, which no kind needs any
+    # more, is gone from Redis.
+    assert await redis.hget(settings.keys.checkpoint("echo", "c1"), "done") == b"1"
+    assert await redis.exists(settings.keys.call_in("c1")) == 0
+    [done] = [e for e in await read_events(redis, settings.keys.call_events("c1"))]
+    assert (done.type, done.data) == ("echo.done", {"kind": "echo", "reason": "normal"})
 
 
 async def test_echo_delay_holds_frames_back(redis: aioredis.Redis, settings: Settings) -> None:
@@ -268,7 +275,7 @@ class Recorder:
     def __init__(self, seen: list[str]) -> None:
         self.seen = seen
 
-    async def handle(self, batch: Sequence[tuple[str, InEntry]]) -> None:
+    async def handle(self, batch: Sequence[Item]) -> None:
         self.seen.extend(entry_id for entry_id, _ in batch)
 
     async def aclose(self) -> None:
@@ -292,16 +299,15 @@ async def test_graceful_close_hands_the_call_to_another_replica_without_gaps_or_
     await start_call(redis, settings, "moving")
     await until(lambda: _owned_by(a, "moving"))
     async with b:
-        await add_frames(redis, settings, "moving", 0, 50)
+        ids = await add_frames(redis, settings, "moving", 0, 50)
         await until(lambda: _seen_at_least(seen, 50))
         await a.aclose()  # SIGTERM: hand back at once
         took = await until(lambda: _owned_by(b, "moving"))
         assert took < 2.5  # a failover would take at least 3 s
-        await add_frames(redis, settings, "moving", 50, 50)
-        await end_call(redis, settings, "moving")
+        ids += await add_frames(redis, settings, "moving", 50, 50)
+        ids.append(await end_call(redis, settings, "moving"))
         await until(lambda: _not_owned(b, "moving"))
-    ids = [entry_id for entry_id, _ in await xrange(redis, settings.keys.call_in("moving"))]
-    assert seen == [i.decode() for i in ids]  # every entry once, in order
+    assert seen == ids  # every entry once, in order
 
 
 class CancelSwallower(Recorder):
@@ -311,7 +317,7 @@ class CancelSwallower(Recorder):
         super().__init__(seen)
         self.busy = busy
 
-    async def handle(self, batch: Sequence[tuple[str, InEntry]]) -> None:
+    async def handle(self, batch: Sequence[Item]) -> None:
         await super().handle(batch)
         self.busy.set()
         with contextlib.suppress(asyncio.CancelledError):
@@ -327,16 +333,15 @@ async def test_a_lost_cancellation_does_not_keep_a_stopped_replica_serving(
     a = runtime(settings, "a", factory=lambda ctx: CancelSwallower(seen, busy))
     await a.__aenter__()
     await start_call(redis, settings, "sticky")
-    await add_frames(redis, settings, "sticky", 0, 10)
+    ids = await add_frames(redis, settings, "sticky", 0, 10)
     await busy.wait()  # A's handler holds the first batch: its cancellation will be lost
     await a.aclose()
-    await add_frames(redis, settings, "sticky", 10, 10)
+    ids += await add_frames(redis, settings, "sticky", 10, 10)
     async with runtime(settings, "b", factory=recorder_factory(seen)) as b:
         await until(lambda: _owned_by(b, "sticky"))
-        await end_call(redis, settings, "sticky")
+        ids.append(await end_call(redis, settings, "sticky"))
         await until(lambda: _not_owned(b, "sticky"))
-    ids = [entry_id for entry_id, _ in await xrange(redis, settings.keys.call_in("sticky"))]
-    assert seen == [i.decode() for i in ids]  # A stopped for good: nothing seen twice
+    assert seen == ids  # A stopped for good: nothing seen twice
 
 
 async def _owned_by(worker: WorkerRuntime, call_id: str) -> bool:
@@ -471,7 +476,7 @@ class Failing(Recorder):
 
     attempts = 0
 
-    async def handle(self, batch: Sequence[tuple[str, InEntry]]) -> None:
+    async def handle(self, batch: Sequence[Item]) -> None:
         Failing.attempts += 1
         raise RuntimeError("cannot process this call")
 
@@ -532,20 +537,21 @@ async def test_hand_backs_are_not_failed_attempts(
     local = dataclasses.replace(settings, worker_max_attempts=1)
     seen: list[str] = []
     await start_call(redis, local, "rolled")
+    ids: list[str] = []
     for served, name in enumerate(("a", "b"), start=1):
         replica = runtime(local, name, factory=recorder_factory(seen))
         await replica.__aenter__()
         await until(functools.partial(_owned_by, replica, "rolled"))
-        await add_frames(redis, local, "rolled", len(seen), 10)
+        ids += await add_frames(redis, local, "rolled", len(seen), 10)
         await until(functools.partial(_seen_at_least, seen, 10 * served))
         await replica.aclose()  # SIGTERM: hand back
     async with runtime(local, "c", factory=recorder_factory(seen)) as c:
         await until(lambda: _owned_by(c, "rolled"))
-        await end_call(redis, local, "rolled")
+        ids.append(await end_call(redis, local, "rolled"))
         await until(lambda: _not_owned(c, "rolled"))
-    assert not await read_events(redis, local.keys.call_events("rolled"))
-    ids = [entry_id for entry_id, _ in await xrange(redis, local.keys.call_in("rolled"))]
-    assert seen == [i.decode() for i in ids]
+    events = await read_events(redis, local.keys.call_events("rolled"))
+    assert [e.type for e in events] == ["echo.done"]  # no worker.failed
+    assert seen == ids
 
 
 async def test_the_delay_metric_shows_how_long_entries_waited(
@@ -599,8 +605,11 @@ async def test_a_call_whose_inbound_goes_quiet_is_ended_after_the_idle_timeout(
     assert finished == 1
     assert await echoed_seqs(redis, local, "orphan") == list(range(5))
     assert (await group_info(redis, local, "echo"))["pending"] == 0
-    for key in (local.keys.call_in("orphan"), local.keys.call_out("orphan")):
+    for key in (local.keys.call_out("orphan"), local.keys.call_events("orphan")):
         assert 0 < await redis.ttl(key) <= local.call_ttl_s  # nobody else would set it
+    assert await redis.exists(local.keys.call_in("orphan")) == 0  # no kind needs the audio
+    [done] = await read_events(redis, local.keys.call_events("orphan"))
+    assert done.data == {"kind": "echo", "reason": "inbound_idle"}
 
 
 async def test_a_call_whose_first_frame_comes_late_is_served(

@@ -12,7 +12,7 @@ import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import cast
+from typing import TypeVar, cast
 
 import numpy as np
 import pytest
@@ -40,9 +40,9 @@ from callstream.workers.stt.transcript import (
     TICKS_PER_MS,
     TRANSCRIPT,
 )
-from callstream.workers.transcribe import Transcriber, transcribe_factory
+from callstream.workers.transcribe import Outgoing, Transcriber, transcribe_factory
 from tests.helpers import events as read_events
-from tests.helpers import free_port, until, wait_for_end, wait_for_entry, word_error_rate
+from tests.helpers import free_port, until, wait_for_entry, wait_for_event, word_error_rate
 
 RATE = 16000
 FRAME = RATE // 50 * 2
@@ -97,7 +97,7 @@ def in_frames(audio: bytes, rate: int = RATE, start_ms: int = 0) -> list[InFrame
     ]
 
 
-def offline(audio: bytes, rate: int = RATE) -> list[Event]:
+def offline(audio: bytes, rate: int = RATE) -> list[Outgoing]:
     core = Transcriber("offline", rate, pocketsphinx_factory)
     frames = [(f"{f.seq + 1}-0", f) for f in in_frames(audio, rate)]
     return core.process(frames, ended=True)
@@ -118,7 +118,10 @@ async def into_an_utterance(
     )
 
 
-def finals(events: list[Event]) -> list[Event]:
+_E = TypeVar("_E", Event, Outgoing)
+
+
+def finals(events: list[_E]) -> list[_E]:
     return [e for e in events if e.type == TRANSCRIPT and e.data["resultStatus"] == "Final"]
 
 
@@ -143,20 +146,9 @@ async def test_streamed_transcripts_match_the_offline_decode_and_the_true_positi
     expected = await asyncio.to_thread(offline, audio, rate)
     [result] = await simulate(pipeline.url, [audio], rate_hz=rate, call_ids=["stt"], linger_s=0.1)
     assert result.completed
-    await wait_for_end(redis, settings.keys.call_in("stt"), timeout_s=10)
-
-    async def transcribed() -> list[Event]:
-        key = settings.keys.call_events("stt")
-        while True:
-            events = await read_events(redis, key)
-            stops = [e for e in events if e.type == SPEECH_STOPPED]
-            if len(stops) >= len(expected_stops):
-                return events
-            await asyncio.sleep(0.05)
-
-    expected_stops = [e for e in expected if e.type == SPEECH_STOPPED]
-    async with asyncio.timeout(30):
-        events = await transcribed()
+    key = settings.keys.call_events("stt")
+    await wait_for_event(redis, key, "transcribe.done", timeout_s=30)  # all is published
+    events = [e for e in await read_events(redis, key) if e.type != "transcribe.done"]
 
     got, want = finals(events), finals(expected)
     assert len(want) == len(SENTENCES)  # the offline decode found both utterances
@@ -361,10 +353,11 @@ async def test_a_new_owner_does_not_publish_again_what_the_dead_one_published(
             encode_call(CallStarted("replayed", RATE, "mixed", int(time.time() * 1000), "test")),
         )
         await _add(redis, key, frames)
+        first_final = f"replayed:{TRANSCRIPT}:{expected[0].key}"
         await wait_for_entry(
             redis,
             settings.keys.call_events("replayed"),
-            lambda f: f[b"id"] == expected[0].id.replace("offline", "replayed").encode(),
+            lambda f: f[b"id"] == first_final.encode(),
             30,
         )
         first.kill()

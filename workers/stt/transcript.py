@@ -38,7 +38,8 @@ def transcription_data(result: Result, participant: str) -> dict[str, Any]:
     }
 
 
-def transcript_event_id(call_id: str, channel: int, result: Result) -> str:
-    """Stable across replays: the utterance is named by its stream and start offset."""
-    base = f"{call_id}:transcript:{channel}:{result.offset_ms}"
+def transcript_key(channel: int, result: Result) -> str:
+    """What a transcript event is about, stable across replays: the utterance, named by its
+    stream and start offset (and, for an intermediate result, how much of it was heard)."""
+    base = f"{channel}:{result.offset_ms}"
     return base if result.final else f"{base}:partial:{result.duration_ms}"

@@ -64,7 +64,7 @@ def test_offsets_follow_the_frames_timestamps_across_a_gap_in_a_channel() -> Non
     assert [e.data["participantRawID"] for e in finals] == ["4:+1", "4:+1"]
     assert [e.data["offset"] // TICKS_PER_MS for e in finals] == starts
     # Every id names its utterance by where it starts: no two are alike.
-    assert len({e.id for e in events}) == len(events)
+    assert len({(e.type, e.key) for e in events}) == len(events)
 
 
 def test_the_resume_point_is_the_open_utterance_or_the_detector_window() -> None:
@@ -105,7 +105,7 @@ def test_a_channel_passed_to_another_participant_finishes_the_first_ones_utteran
     ]
     finals = [e for e in events if e.type == TRANSCRIPT]
     assert [e.data["participantRawID"] for e in finals] == ["8:acs:a", "4:+1b"]
-    assert len({e.id for e in events}) == len(events)
+    assert len({(e.type, e.key) for e in events}) == len(events)
 
 
 def test_a_very_long_utterance_comes_out_in_bounded_pieces() -> None:
@@ -122,4 +122,4 @@ def test_a_very_long_utterance_comes_out_in_bounded_pieces() -> None:
     assert kinds.count(SPEECH_STARTED) == kinds.count(SPEECH_STOPPED) == 2
     finals = [e for e in events if e.type == TRANSCRIPT]
     assert len(finals) == 2
-    assert len({e.id for e in events}) == len(events)
+    assert len({(e.type, e.key) for e in events}) == len(events)

@@ -1,0 +1,89 @@
+"""The ports a handler gets from the runtime, backed by the replica's :class:`Writer`.
+
+Nothing here waits: each call queues commands, which the writer sends in order with the
+replica's other writes (see :mod:`callstream.workers.writer`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from callstream.shared.entries import Fields, OutAudio, OutMark, OutStop, encode_out
+from callstream.shared.events import Event
+from callstream.shared.settings import Settings
+from callstream.workers.writer import Writer
+
+
+def _xadd(maxlen: int, fields: Fields) -> tuple[Any, ...]:
+    args: list[Any] = ["MAXLEN", "~", maxlen, "*"]
+    for name, value in fields.items():
+        args.append(name)
+        args.append(value)
+    return tuple(args)
+
+
+class RedisAudioOut:
+    """Audio into one call: entries of ``cs:call:{id}:out``, which the gateway's egress paces."""
+
+    def __init__(self, writer: Writer, call_id: str, settings: Settings) -> None:
+        self._writer = writer
+        self._call_id = call_id
+        self._key = settings.keys.call_out(call_id)
+        self._maxlen = settings.out_stream_maxlen
+
+    def play(self, pcm: bytes) -> None:
+        if pcm:
+            self._add(encode_out(OutAudio(pcm)))
+
+    def stop(self) -> None:
+        self._add(encode_out(OutStop()))
+
+    def mark(self, name: str) -> None:
+        self._add(encode_out(OutMark(name)))
+
+    def _add(self, fields: Fields) -> None:
+        self._writer.add(self._call_id, "XADD", self._key, *_xadd(self._maxlen, fields))
+
+
+class RedisEventOut:
+    """Events of one call, to ``cs:call:{id}:events`` and ``cs:insights``.
+
+    ``published`` holds the ids the call's events already had when this replica took the call
+    over: publishing one of them again is skipped (a new owner re-reads from the checkpoint).
+    """
+
+    def __init__(
+        self, writer: Writer, call_id: str, settings: Settings, published: Iterable[str] = ()
+    ) -> None:
+        self._writer = writer
+        self._call_id = call_id
+        keys = settings.keys
+        self._targets = (
+            (keys.call_events(call_id), settings.events_maxlen),
+            (keys.insights, settings.insights_maxlen),
+        )
+        self._published = set(published)
+
+    def publish(
+        self, type: str, data: Mapping[str, Any], *, key: str = "", time_ms: int | None = None
+    ) -> Event:
+        event_id = f"{self._call_id}:{type}:{key}" if key else f"{self._call_id}:{type}"
+        event = Event(
+            event_id,
+            self._call_id,
+            type,
+            int(time.time() * 1000) if time_ms is None else time_ms,
+            data,
+        )
+        if event_id in self._published:
+            return event
+        self.publish_event(event)
+        return event
+
+    def publish_event(self, event: Event) -> None:
+        """Publish a ready-made event (the runtime's own)."""
+        fields = event.fields()
+        for stream, maxlen in self._targets:
+            self._writer.add(self._call_id, "XADD", stream, *_xadd(maxlen, fields))
