@@ -4,6 +4,10 @@ One reader task serves every attached call with a single ``XREAD BLOCK`` over al
 streams (one Redis connection, not one per call). Each call has a small task that sleeps until
 its :class:`~egress.playout.Playout` has something due and sends it, so a slow socket only ever
 delays its own call. Nothing else writes audio to a call's socket.
+
+Egress is the only reader of a call's out stream, and what it has read is in its playout
+buffer: about once a second it trims what it has read from Redis (``XTRIM … MINID``), so a
+live call's out stream holds only what is on its way.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ READ_BLOCK_MS = 100  # bound on how long a newly attached call waits to join the
 READ_COUNT = 200  # entries per stream per read
 MAX_BACKOFF_S = 2.0
 READ_TIMEOUT_S = READ_BLOCK_MS / 1000 + 5.0  # a read Redis has not answered by then failed
+TRIM_PERIOD_S = 1.0  # how often what egress has read is trimmed from the out streams
 
 
 class EgressMetrics:
@@ -83,6 +88,7 @@ class _Call:
     playout: Playout
     last_id: str
     wakeup: asyncio.Event = field(default_factory=asyncio.Event)
+    trimmed_to: str = ""  # the out stream has nothing before this id any more
     marks: int = 0
     task: asyncio.Task[None] | None = None
 
@@ -170,7 +176,11 @@ class EgressHub:
     async def _read_loop(self) -> None:
         loop = asyncio.get_running_loop()
         backoff_s = 0.1
+        trim_at = loop.time() + TRIM_PERIOD_S
         while True:
+            if loop.time() >= trim_at:
+                trim_at = loop.time() + TRIM_PERIOD_S
+                await self._trim()
             if not self._calls:
                 self._attached.clear()
                 await self._attached.wait()
@@ -209,6 +219,24 @@ class EgressHub:
                             exc,
                         )
                 call.wakeup.set()
+
+    async def _trim(self) -> None:
+        """Drop from each out stream what has been read (it waits in the playout buffer)."""
+        stale = [c for c in self._calls.values() if c.last_id != c.trimmed_to and c.last_id]
+        if not stale:
+            return
+        try:
+            async with asyncio.timeout(READ_TIMEOUT_S):
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    for call in stale:
+                        pipe.xtrim(call.key, minid=call.last_id, approximate=True)
+                    await pipe.execute()
+        except (RedisError, OSError, TimeoutError) as exc:
+            self._metrics.redis_errors.inc()
+            log.warning("egress: trimming out streams failed (%s)", exc)
+            return
+        for call in stale:
+            call.trimmed_to = call.last_id
 
     # ------------------------------------------------------------------ playing
 

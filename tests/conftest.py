@@ -1,7 +1,8 @@
 """Fixtures shared by all tests.
 
 Integration tests use the real Redis at ``REDIS_URL`` (default 127.0.0.1:6379). Each test gets
-its own key prefix, so tests never see each other's keys, and its keys are deleted afterwards.
+its own key prefix, so tests never see each other's keys, and its keys are deleted afterwards —
+after every event the test produced has been validated against its schema.
 """
 
 from __future__ import annotations
@@ -10,10 +11,13 @@ import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import cast
 
 import pytest
 import redis.asyncio as aioredis
 
+from callstream.shared.catalogue import InvalidEvent, validate
+from callstream.shared.entries import StreamEntries
 from callstream.shared.settings import DEFAULT_REDIS_URL, Settings
 from tests.helpers import RedisProcess, free_port
 
@@ -24,17 +28,45 @@ def redis_url() -> str:
 
 
 @pytest.fixture
-async def settings(redis_url: str) -> AsyncIterator[Settings]:
-    """Settings with a unique key prefix; every key under it is deleted after the test."""
+def event_types_allowed() -> frozenset[str]:
+    """Event types outside the catalogue a test may produce (a worker kind of its own)."""
+    return frozenset()
+
+
+@pytest.fixture
+async def settings(redis_url: str, event_types_allowed: frozenset[str]) -> AsyncIterator[Settings]:
+    """Settings with a unique key prefix; every key under it is deleted after the test, and
+    every event the test left in Redis is first validated against the event catalogue."""
     prefix = f"cstest-{uuid.uuid4().hex[:10]}"
     yield Settings(redis_url=redis_url, prefix=prefix)
     client = aioredis.Redis.from_url(redis_url)
     try:
         keys = [key async for key in client.scan_iter(match=f"{prefix}:*", count=1000)]
+        await _validate_events(client, prefix, keys, event_types_allowed)
         if keys:
             await client.delete(*keys)
     finally:
         await client.aclose()
+
+
+async def _validate_events(
+    client: aioredis.Redis, prefix: str, keys: list[bytes], allowed: frozenset[str]
+) -> None:
+    """Every event on the test's event streams matches its schema (shared/catalogue.py)."""
+    streams = [
+        key
+        for key in keys
+        if key == f"{prefix}:insights".encode()
+        or (key.startswith(f"{prefix}:call:".encode()) and key.endswith(b":events"))
+    ]
+    problems: list[str] = []
+    for key in streams:
+        for entry_id, fields in cast(StreamEntries, await client.xrange(key)):
+            try:
+                validate(fields[b"event"], allow=allowed)
+            except (InvalidEvent, KeyError) as exc:
+                problems.append(f"{key.decode()} {entry_id.decode()}: {exc}")
+    assert not problems, "events that do not match the catalogue:\n" + "\n".join(problems[:20])
 
 
 @pytest.fixture

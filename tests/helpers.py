@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 import signal
 import socket
@@ -15,8 +16,21 @@ from typing import cast
 import redis.asyncio as aioredis
 
 from callstream.localredis import server_args
+from callstream.shared.catalogue import spec_for
 from callstream.shared.entries import Fields, StreamEntries, XReadReply
 from callstream.shared.events import Event
+
+
+def example_event(call_id: str, event_type: str, key: str = "", **data: object) -> Event:
+    """The catalogue's example event of ``event_type``, for ``call_id``: a valid event, its
+    ``data`` overridden by ``data``; ``key`` replaces what follows the type in the id."""
+    spec = spec_for(event_type)
+    assert spec is not None, event_type
+    example = Event.from_json(json.dumps(spec.example))
+    event_id = example.id.replace(example.call_id, call_id, 1)
+    if key:
+        event_id = event_id[: event_id.index(event_type) + len(event_type)] + f":{key}"
+    return Event(event_id, call_id, event_type, example.time_ms, {**example.data, **data})
 
 
 def as_redis(fields: Fields) -> dict[bytes, bytes]:

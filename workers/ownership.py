@@ -395,6 +395,8 @@ def audio_trim_id(positions: Iterable[Checkpoint | None], margin_ms: int) -> str
             earliest = position
     if earliest is None:
         return ALL  # every reader is done: nothing is needed any more
+    if margin_ms <= 0:
+        return None if earliest == (0, 0) else f"{earliest[0]}-{earliest[1]}"
     trim_ms = earliest[0] - margin_ms
     if trim_ms <= 0:
         return None

@@ -801,9 +801,12 @@ class WorkerRuntime:
             call.entry_id,
             Checkpoint(in_id=call.processed_in, events_id=call.processed_events),
         )
-        if self._inputs.audio:
-            await self._trim([call], finished=True)
         await self._writer.drain()
+        if self._inputs.audio:
+            # After our `done` is written: of two kinds finishing together, at least the
+            # second to look sees both done, and deletes the audio.
+            await self._trim([call], finished=True)
+            await self._writer.drain()
         if call.error is not None:
             raise WriteFailed(call.error)
         self._metrics.finished.inc()

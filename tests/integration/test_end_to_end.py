@@ -22,7 +22,7 @@ from callstream.simulate import simulate
 from callstream.workers.echo import echo_factory
 from callstream.workers.runtime import WorkerRuntime
 from tests.helpers import events as read_events
-from tests.helpers import wait_for_event, xrange
+from tests.helpers import until, wait_for_event, xrange
 
 
 @pytest.fixture
@@ -152,3 +152,34 @@ async def test_stop_on_the_out_stream_cuts_playback(
     assert played[:first_frames] == chunk(first, 640)
     # ... and the stop cut it: a few frames at most played, not the 250 queued in Redis.
     assert len(played) <= first_frames + 10
+
+
+async def test_egress_trims_what_it_has_read_from_the_out_stream(
+    gateway: Gateway, redis: aioredis.Redis, settings: Settings
+) -> None:
+    """A worker queues 3 s of audio as 150 entries; egress reads them into its playout buffer
+    and trims them from Redis while the call is still playing them: a live call's out stream
+    holds what is on its way, not what was played."""
+    rate = 16000
+    call_id = "e2e-trim"
+    out = settings.keys.call_out(call_id)
+    frames = chunk(tone(rate, 3.0, 440.0), 640)
+
+    async def bot() -> None:
+        await wait_for_event(redis, settings.keys.call_events(call_id), "call.started", 10)
+        async with redis.pipeline(transaction=False) as pipe:
+            for pcm in frames:
+                pipe.xadd(out, encode_out(OutAudio(pcm)))
+            await pipe.execute()
+
+        async def trimmed() -> bool:
+            return int(await redis.xlen(out)) < 10  # whole stream nodes of a few entries stay
+
+        await until(trimmed)
+
+    bot_task = asyncio.create_task(bot())
+    [result] = await simulate(
+        gateway.url, [bytes(rate * 2 * 5)], rate_hz=rate, call_ids=[call_id], linger_s=0.5
+    )
+    await bot_task
+    assert speech_frames(result.recording, rate) == frames  # all of it played, in order

@@ -424,14 +424,48 @@ async def test_the_cli_worker_serves_metrics_and_exits_0_on_sigterm(settings: Se
     async with asyncio.timeout(20):
         while b"serving up to" not in await proc.stderr.readline():
             pass
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        writer.write(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
-        response = (await reader.read()).decode()
-        writer.close()
-        assert response.startswith("HTTP/1.0 200")
-        assert 'callstream_worker_calls_owned{kind="echo"} 0.0' in response
+        metrics = await http_get(port, "/metrics")
+        assert metrics.startswith("HTTP/1.0 200")
+        assert 'callstream_worker_calls_owned{kind="echo"} 0.0' in metrics
+        assert (await http_get(port, "/healthz")).startswith("HTTP/1.0 200")
+        ready = await http_get(port, "/readyz")
+        assert ready.startswith("HTTP/1.0 200"), ready
+        assert ready.endswith("ready\n")
         proc.send_signal(signal.SIGTERM)
         assert await proc.wait() == 0
+
+
+async def http_get(port: int, path: str) -> str:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(f"GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n".encode())
+    response = (await reader.read()).decode()
+    writer.close()
+    await writer.wait_closed()
+    return response
+
+
+async def test_readyz_says_when_a_replica_cannot_serve(settings: Settings, tmp_path: Path) -> None:
+    """/readyz: 503 with the reason while Redis is unavailable, 200 once it answers and the
+    group exists, 503 again while draining after SIGTERM (which the runtime reports)."""
+    server = RedisProcess(free_port(), tmp_path)
+    local = dataclasses.replace(settings, redis_url=server.url)
+    try:
+        async with runtime(local, "a") as worker:
+            ready, why = worker.readiness()
+            assert not ready
+            assert "Redis unavailable" in why
+            await asyncio.to_thread(server.start)
+
+            async def ready_now() -> bool:
+                return worker.readiness() == (True, "ready")
+
+            await until(ready_now, timeout_s=20)
+            closing = asyncio.create_task(worker.aclose())
+            await asyncio.sleep(0)  # aclose has begun
+            assert worker.readiness() == (False, "draining: handing its calls back")
+            await closing
+    finally:
+        server.kill()
 
 
 async def test_aclose_leaves_no_task_running(redis: aioredis.Redis, settings: Settings) -> None:
