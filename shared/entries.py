@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from callstream.shared import errors
 from callstream.shared.audio import AudioFormat, Mode
 
 # What XADD accepts (the same union as redis-py's FieldT/EncodableT, without importing it).
@@ -21,8 +22,7 @@ StreamEntries = list[tuple[bytes, dict[bytes, bytes]]]
 XReadReply = list[tuple[bytes, StreamEntries]]
 
 
-class EntryError(ValueError):
-    """A stream entry lacks a field or holds a value of the wrong shape."""
+EntryError = errors.EntryError  # here too: where entries are decoded
 
 
 def _get(raw: RawFields, name: bytes) -> bytes:

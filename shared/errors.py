@@ -33,6 +33,18 @@ class BusError(CallstreamError):
     """The Redis bus could not be reached or refused a command."""
 
 
+class InvalidCallId(CallstreamError, ValueError):
+    """A call id outside the alphabet and length callstream accepts (it names Redis keys)."""
+
+
+class EntryError(CallstreamError, ValueError):
+    """A stream entry lacks a field or holds a value of the wrong shape."""
+
+
+class EventError(CallstreamError, ValueError):
+    """An event that is not a well-formed envelope (not JSON, a field missing or mistyped)."""
+
+
 class AuthError(CallstreamError):
     """A caller could not be authenticated (missing, expired or badly signed token)."""
 

@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from callstream.shared.entries import Fields
+from callstream.shared.errors import EventError
 
 SCHEMA_VERSION = 1
 
@@ -75,18 +76,30 @@ class Event:
 
     @classmethod
     def from_json(cls, text: str | bytes) -> Event:
-        obj = json.loads(text)
+        """Parse an event's JSON; :class:`~callstream.shared.errors.EventError` if it is not
+        a well-formed envelope (its ``data`` is not checked: see shared/catalogue.py)."""
+        try:
+            obj = json.loads(text)
+        except ValueError as exc:
+            raise EventError(f"an event should be JSON: {exc}") from None
+        if not isinstance(obj, dict):
+            raise EventError(f"an event should be a JSON object, got {type(obj).__name__}")
+        fields = {name: obj.get(name) for name in ("id", "call_id", "type", "time")}
+        if not all(isinstance(value, str) for value in fields.values()):
+            raise EventError(f"an event needs string id, call_id, type and time, got {fields}")
+        data = obj.get("data", {})
+        if not isinstance(data, dict):
+            raise EventError(f"an event's data should be an object, got {type(data).__name__}")
         time_ms = parse_iso_ms(obj["time"])
         if time_ms is None:
-            raise ValueError(f"event time should be ISO-8601, got {obj['time']!r}")
+            raise EventError(f"event time should be ISO-8601, got {obj['time']!r}")
         return cls(
-            id=obj["id"],
-            call_id=obj["call_id"],
-            type=obj["type"],
-            time_ms=time_ms,
-            data=obj.get("data", {}),
+            id=obj["id"], call_id=obj["call_id"], type=obj["type"], time_ms=time_ms, data=data
         )
 
     @classmethod
     def from_fields(cls, raw: Mapping[bytes, bytes]) -> Event:
+        """The event of a stream entry (its ``event`` field)."""
+        if b"event" not in raw:
+            raise EventError(f"a stream entry of an event needs an 'event' field: {sorted(raw)}")
         return cls.from_json(raw[b"event"])

@@ -9,13 +9,16 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from callstream.shared.errors import InvalidCallId
+
 _CALL_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
 def validate_call_id(call_id: str) -> str:
-    """Return ``call_id`` if it is 1–128 chars of ``[A-Za-z0-9._:-]``, else raise ValueError."""
+    """Return ``call_id`` if it is 1–128 chars of ``[A-Za-z0-9._:-]``, else raise
+    :class:`~callstream.shared.errors.InvalidCallId` (a ValueError)."""
     if not _CALL_ID.fullmatch(call_id):
-        raise ValueError(
+        raise InvalidCallId(
             f"call id must be 1-128 characters of letters, digits, '.', '_', ':' or '-', "
             f"got {call_id!r}"
         )

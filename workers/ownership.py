@@ -23,6 +23,7 @@ from callstream.shared.entries import (
     parse_id,
     previous_id,
 )
+from callstream.shared.errors import EventError
 from callstream.shared.events import CALL_ENDED, Event
 from callstream.workers.api import Inputs, Item
 
@@ -341,7 +342,7 @@ class CallInput:
                 continue  # not decoded: most of a call's events are of no interest here
             try:
                 event = Event.from_fields(fields)
-            except (KeyError, ValueError, TypeError) as exc:
+            except EventError as exc:
                 skipped.append(f"event entry {last}: {exc}")
                 continue
             if event_type in wanted:

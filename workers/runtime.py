@@ -52,6 +52,7 @@ from callstream.shared.entries import (
     XReadReply,
     parse_id,
 )
+from callstream.shared.errors import BusError, EventError
 from callstream.shared.events import WORKER_FAILED, Event
 from callstream.shared.settings import Settings
 from callstream.workers.api import (
@@ -193,7 +194,7 @@ class _Call:
         return self.call.call_id
 
 
-class WriteFailed(RuntimeError):
+class WriteFailed(BusError):
     """Redis refused (or could not take) a write of this call."""
 
 
@@ -549,7 +550,7 @@ class WorkerRuntime:
             for take, raw in zip(resumed, replies, strict=True):
                 events: list[Event] = []
                 for _, fields in reversed(cast(StreamEntries, raw)):
-                    with contextlib.suppress(KeyError, ValueError, TypeError):
+                    with contextlib.suppress(EventError):
                         events.append(Event.from_fields(fields))
                 found[take.call.call_id] = events
         return [found.get(take.call.call_id, []) for take in takes]

@@ -15,6 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from callstream.shared.errors import CallstreamError
+
 
 @dataclass(frozen=True, slots=True)
 class Word:
@@ -50,7 +52,7 @@ class Recognizer(Protocol):
         """The stream ended: everything still owed (bounded wait), then release the engine."""
 
 
-class RecognizerFailed(RuntimeError):
+class RecognizerFailed(CallstreamError):
     """The engine cannot go on with this stream (a cloud session ended with an error). Raised
     from any call after it happened: the call fails, and the worker runtime retries it from its
     checkpoint with a new recognizer (``CS_WORKER_MAX_ATTEMPTS``)."""

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from callstream.shared.errors import CallstreamError, EventError
 from callstream.shared.events import SCHEMA_VERSION, Event, iso_time, parse_iso_ms
 from tests.helpers import as_redis
 
@@ -35,3 +37,22 @@ def test_acs_timestamps_parse_to_epoch_ms() -> None:
     assert parse_iso_ms("2024-11-15T19:16:12.925") == 1_731_698_172_925
     assert parse_iso_ms("yesterday") is None
     assert iso_time(1_731_698_172_925) == "2024-11-15T19:16:12.925Z"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "not json",
+        "[1, 2]",
+        '{"id": "c:x", "call_id": "c", "type": "t"}',  # no time
+        '{"id": 5, "call_id": "c", "type": "t", "time": "2025-01-01T00:00:00.000Z"}',
+        '{"id": "c:x", "call_id": "c", "type": "t", "time": "yesterday"}',
+        '{"id": "c:x", "call_id": "c", "type": "t", "time": "2025-01-01T00:00:00Z", "data": []}',
+    ],
+)
+def test_a_malformed_event_is_an_event_error_of_the_one_hierarchy(text: str) -> None:
+    with pytest.raises(EventError) as raised:
+        Event.from_json(text)
+    assert isinstance(raised.value, CallstreamError)
+    with pytest.raises(EventError):
+        Event.from_fields({b"type": b"t", b"id": b"c:x"})  # no event field at all
