@@ -10,12 +10,13 @@ from __future__ import annotations
 
 from typing import Any
 
+# The event types, named where every event type is: the catalogue.
+from callstream.shared.catalogue import SPEECH_STARTED, SPEECH_STOPPED, TRANSCRIPT
 from callstream.workers.stt.engine import Result
 
+__all__ = ["SPEECH_STARTED", "SPEECH_STOPPED", "TICKS_PER_MS", "TRANSCRIPT"]
+
 TICKS_PER_MS = 10_000  # 100-ns ticks
-TRANSCRIPT = "transcript"
-SPEECH_STARTED = "speech.started"
-SPEECH_STOPPED = "speech.stopped"
 
 
 def transcription_data(result: Result, participant: str) -> dict[str, Any]:
