@@ -14,7 +14,14 @@ from typing import Any
 from callstream.shared.catalogue import SPEECH_STARTED, SPEECH_STOPPED, TRANSCRIPT
 from callstream.workers.stt.engine import Result
 
-__all__ = ["SPEECH_STARTED", "SPEECH_STOPPED", "TICKS_PER_MS", "TRANSCRIPT"]
+__all__ = [
+    "SPEECH_STARTED",
+    "SPEECH_STOPPED",
+    "TICKS_PER_MS",
+    "TRANSCRIPT",
+    "transcript_key",
+    "transcription_data",
+]
 
 TICKS_PER_MS = 10_000  # 100-ns ticks
 
