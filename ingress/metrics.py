@@ -78,6 +78,12 @@ class IngressMetrics:
         )
         self.redis_up = Gauge(
             "callstream_ingress_redis_up",
-            "1 when the last Redis health check answered",
+            "1 when Redis answered the last health check (even to refuse its write)",
+            registry=registry,
+        )
+        self.redis_writable = Gauge(
+            "callstream_ingress_redis_writable",
+            "1 when the gateway can publish: the last health check's write was accepted and "
+            "no failure for every call was reported since (what /readyz reports)",
             registry=registry,
         )

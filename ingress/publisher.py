@@ -13,7 +13,13 @@ A connection learns that its entries could not be published through ``on_failure
 error)``, called once per call per failed batch. A batch whose connection is lost is sent
 once more on a new connection (a Redis restart); when Redis has answered nothing for
 ``FLUSH_TIMEOUT_S`` while owing replies, everything in flight fails, and so do entries handed
-over while Redis cannot be reached.
+over while Redis cannot be reached. Failures that concern every call, not one call's keys (Redis
+unreachable or silent, the connection's AUTH refused, or error replies such as ``OOM``,
+``MISCONF`` or ``READONLY``: see :func:`refuses_every_call`), are also reported once per batch
+through ``on_bus_failure(reason)``, so the gateway stops taking calls.
+
+``REDIS_URL`` means what it means to redis-py (``redis_url.py``): TCP, TLS or a unix socket,
+ACL user and password, database.
 """
 
 from __future__ import annotations
@@ -29,16 +35,18 @@ from dataclasses import dataclass, field
 from itertools import chain
 from types import TracebackType
 from typing import cast
-from urllib.parse import unquote, urlsplit
 
 import hiredis
 
 from callstream.ingress.metrics import IngressMetrics
+from callstream.ingress.redis_url import RedisTarget, parse_redis_url
 from callstream.shared.entries import Fields
+from callstream.shared.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 OnFailure = Callable[[str, str], None]
+OnBusFailure = Callable[[str], None]
 
 LATENCY_SAMPLE_EVERY = 4  # ingest latency is observed for one frame in four (it costs ~1 us)
 FLUSH_TIMEOUT_S = 5.0  # Redis answering nothing this long fails what is in flight (calls close)
@@ -51,6 +59,31 @@ WRITE_CHUNK = 256 * 1024  # bytes per transport.write while the socket keeps up
 
 _PACK = cast(Callable[[tuple[object, ...]], bytes], hiredis.pack_command)
 _ReplyError = hiredis.ReplyError  # how the reader returns an error reply (not raised)
+
+# Error replies that say Redis takes no write from this client at all, whatever the key: out of
+# memory (noeviction), RDB saves failing (stop-writes-on-bgsave-error), a read-only replica,
+# too few replicas, loading, a busy script, authentication or ACL. Others (WRONGTYPE, ...) are
+# about one call's keys.
+BUS_WIDE_ERRORS = frozenset(
+    {
+        "OOM",
+        "MISCONF",
+        "READONLY",
+        "NOREPLICAS",
+        "MASTERDOWN",
+        "LOADING",
+        "BUSY",
+        "NOAUTH",
+        "NOPERM",
+        "WRONGPASS",
+        "CLUSTERDOWN",
+    }
+)
+
+
+def refuses_every_call(error: str) -> bool:
+    """Whether an error reply from Redis concerns every call (see BUS_WIDE_ERRORS)."""
+    return error.split(" ", 1)[0] in BUS_WIDE_ERRORS
 
 
 @dataclass(slots=True)
@@ -75,8 +108,10 @@ class _Protocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
         # Paused as soon as the kernel does not take a whole write, resumed once the
-        # transport's buffer is empty again: see write().
-        self.transport.set_write_buffer_limits(high=0)
+        # transport's buffer is empty again: see write(). Not high=0: asyncio's TLS transport
+        # pauses at "buffered >= high", so 0 would pause it at every read with nothing
+        # buffered, and a batch written after an even number of reads would wait forever.
+        self.transport.set_write_buffer_limits(high=1, low=0)
 
     def write(self, data: bytes) -> None:
         """Queue ``data`` and write it in chunks the socket takes as they come.
@@ -126,21 +161,29 @@ class Publisher:
 
     def __init__(
         self,
-        redis_url: str,
+        redis: str | RedisTarget,
         metrics: IngressMetrics,
         on_failure: OnFailure,
         *,
+        on_bus_failure: OnBusFailure | None = None,
         flush_interval_s: float = 0.0,
     ) -> None:
-        parts = urlsplit(redis_url)
-        if parts.scheme not in ("redis", "rediss"):
-            raise ValueError(f"expected a redis:// or rediss:// URL, got {parts.scheme}://")
-        self._host = parts.hostname or "127.0.0.1"
-        self._port = parts.port or 6379
-        self._tls = parts.scheme == "rediss"
-        self._setup = _setup_commands(parts.username, parts.password, parts.path)
+        """``redis``: a ``REDIS_URL`` or its parsed target (ConfigError when redis-py would
+        not accept it, or its TLS files cannot be loaded)."""
+        target = (
+            parse_redis_url(redis, connect_timeout_s=CONNECT_TIMEOUT_S)
+            if isinstance(redis, str)
+            else redis
+        )
+        self._target = target
+        try:  # load the TLS files now: a wrong path is a configuration error, not a failed call
+            self._ssl = target.tls.get() if target.tls is not None else None
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"REDIS_URL: cannot set up TLS: {exc}") from None
+        self._setup = [_PACK(command) for command in target.setup_commands(PUBLISHER_CLIENT_NAME)]
         self._metrics = metrics
         self._on_failure = on_failure
+        self._on_bus_failure = on_bus_failure
         self._linger_s = flush_interval_s
         self._loop = asyncio.get_running_loop()
         # What was handed over since the last flush, in parallel lists (cheaper than objects).
@@ -264,14 +307,17 @@ class Publisher:
         self._connecting = asyncio.create_task(self._connect(), name="publisher-connect")
 
     async def _connect(self) -> None:
+        target = self._target
         try:
-            async with asyncio.timeout(CONNECT_TIMEOUT_S):
-                _, protocol = await self._loop.create_connection(
-                    lambda: _Protocol(self),
-                    self._host,
-                    self._port,
-                    ssl=ssl.create_default_context() if self._tls else None,
-                )
+            async with asyncio.timeout(target.connect_timeout_s):
+                if target.unix_path is not None:
+                    _, protocol = await self._loop.create_unix_connection(
+                        lambda: _Protocol(self), target.unix_path
+                    )
+                else:
+                    _, protocol = await self._loop.create_connection(
+                        lambda: _Protocol(self), target.host, target.port, ssl=self._ssl
+                    )
         except (OSError, TimeoutError) as exc:
             self._connecting = None
             self._down_until = time.monotonic() + RETRY_CONNECT_AFTER_S
@@ -289,7 +335,7 @@ class Publisher:
         for batch in retry:
             batch.results = []
             self._send(protocol, batch)
-        log.info("publisher: connected to Redis at %s:%d", self._host, self._port)
+        log.info("publisher: connected to Redis at %s", target.describe())
 
     # ------------------------------------------------------------------ replies
 
@@ -308,13 +354,19 @@ class Publisher:
                 inflight.popleft()
                 self._release(batch)
                 self._completed(batch, done_at)
+                if protocol is not self._protocol:
+                    break  # the setup was refused: what is in flight has failed with it
         self._check_idle()
 
     def _completed(self, batch: _Batch, done_at: float) -> None:
         if batch.call_ids[0] == "" and batch.commands is self._setup:
             errors = [r for r in batch.results if isinstance(r, hiredis.ReplyError)]
             if errors:
-                log.error("publisher: Redis refused the connection setup: %s", errors[0])
+                log.error(
+                    "publisher: Redis at %s refused the connection setup: %s",
+                    self._target.describe(),
+                    errors[0],
+                )
                 self._drop_connection(f"Redis refused the connection setup: {errors[0]}")
             return
         metrics = self._metrics
@@ -335,13 +387,23 @@ class Publisher:
             metrics.frames.inc(frames)
             return
         failed: dict[str, str] = {}
+        bus_error = ""
         for i in failed_at:
-            failed.setdefault(batch.call_ids[i], str(batch.results[i]) or "error")
+            error = str(batch.results[i]) or "error"
+            failed.setdefault(batch.call_ids[i], error)
+            if not bus_error and refuses_every_call(error):
+                bus_error = error
             if received_at[i]:
                 frames -= 1
         metrics.published.inc(count - len(failed_at))
         metrics.frames.inc(frames)
         self._report(failed, len(failed_at))
+        if bus_error:
+            self._bus_failed(f"writes refused: {bus_error}")
+
+    def _bus_failed(self, error: str) -> None:
+        if self._on_bus_failure is not None and not self._closed:
+            self._on_bus_failure(error)
 
     def _report(self, failed: dict[str, str], count: int) -> None:
         self._metrics.publish_errors.inc(count)
@@ -362,7 +424,8 @@ class Publisher:
             self.backlog_bytes -= sum(map(len, batch.commands))
 
     def _fail(self, batches: Iterable[_Batch], error: str) -> None:
-        """Fail whole batches: one report for all of them."""
+        """Fail whole batches (Redis unreachable, silent or refusing the connection): one
+        report for all of them."""
         calls: dict[str, str] = {}
         count = 0
         for batch in batches:
@@ -374,6 +437,7 @@ class Publisher:
         calls.pop("", None)
         if calls:
             self._report(calls, count)
+            self._bus_failed(error)
 
     def _fail_waiting(self, error: str) -> None:
         """Fail what waits for a connection: the batches to retry and what was handed over."""
@@ -438,17 +502,3 @@ class Publisher:
             and self._flush_handle is None
         ):
             self._idle.set()
-
-
-def _setup_commands(username: str | None, password: str | None, path: str) -> list[bytes]:
-    """AUTH and SELECT for a new connection, as the URL asks, and its name for CLIENT LIST."""
-    commands: list[bytes] = []
-    if password is not None:
-        user = unquote(username) if username else None
-        auth = ("AUTH", user, unquote(password)) if user else ("AUTH", unquote(password))
-        commands.append(_PACK(auth))
-    db = int(path.lstrip("/") or 0)
-    if db:
-        commands.append(_PACK(("SELECT", db)))
-    commands.append(_PACK(("CLIENT", "SETNAME", PUBLISHER_CLIENT_NAME)))
-    return commands

@@ -4,6 +4,11 @@ One socket is one call. Messages are parsed by the sans-I/O :class:`InboundSessi
 published through the shared :class:`~ingress.publisher.Publisher`; audio for the call is played
 by the process's :class:`~egress.hub.EgressHub`. How each bad input is answered is tabled in
 docs/protocol.md; every reject is counted in ``callstream_ingress_rejects_total{reason}``.
+
+Readiness means that publishing works: every second the gateway writes a short-lived key (a
+write Redis refuses when it refuses XADDs: out of memory, MISCONF, a read-only replica, ...),
+and a failure the publisher reports for every call makes it unready until such a write succeeds
+again. While unready, upgrades are refused with 503 and the reason.
 """
 
 from __future__ import annotations
@@ -21,16 +26,16 @@ from urllib.parse import parse_qs, urlsplit
 
 import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry, generate_latest
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from callstream.egress.hub import EgressHub
-from callstream.ingress import redis_client
 from callstream.ingress.auth import TokenValidator
 from callstream.ingress.metrics import IngressMetrics
-from callstream.ingress.publisher import Publisher
+from callstream.ingress.publisher import CONNECT_TIMEOUT_S, Publisher
+from callstream.ingress.redis_url import parse_redis_url
 from callstream.shared.audio import Mode
 from callstream.shared.channels import ChannelMap
 from callstream.shared.entries import (
@@ -61,6 +66,7 @@ log = logging.getLogger(__name__)
 
 HEALTH_PERIOD_S = 1.0
 HEALTH_TIMEOUT_S = 2.0
+HEALTH_KEY_TTL_MS = 5000  # the health check's key outlives a few checks, then goes
 SKIP_LOG_EVERY = 100  # log the first skipped message of a call, then every 100th
 LOOPBACK_NAMES = {"localhost", "ip6-localhost"}
 
@@ -147,6 +153,9 @@ class Gateway:
                 "CS_AUTH_AUDIENCE) or pass --allow-unauthenticated"
             )
         self._settings = settings
+        self._redis_target = parse_redis_url(
+            settings.redis_url, connect_timeout_s=CONNECT_TIMEOUT_S
+        )
         self._keys = settings.keys
         self._host = host
         self._requested_port = port
@@ -154,10 +163,13 @@ class Gateway:
         self._metrics = IngressMetrics(self.registry)
         self._validator = TokenValidator(settings.auth) if settings.auth.enabled else None
         self._instance = f"{uuid.uuid4().hex[:8]}"
+        self._health_key = f"{settings.prefix}:gateway:{self._instance}:health"
         self._calls: dict[str, _Call] = {}
         self._closers: set[asyncio.Task[None]] = set()
-        self._redis_ok = False
-        self._redis_error = "not checked yet"
+        # Why calls cannot be published now ("" when they can): the last health check's
+        # failure, or a failure for every call the publisher reported since.
+        self._bus_error = "not checked yet"
+        self._bus_failures = 0  # failures the publisher reported for every call, so far
         self._stack = contextlib.AsyncExitStack()
         self._server: Server | None = None
         self._redis: aioredis.Redis | None = None
@@ -183,13 +195,18 @@ class Gateway:
         try:
             # Egress and the health check: each bounds its own waits, so no per-read socket
             # timeout (redis-py would enter a timeout context for every reply otherwise).
-            self._redis = redis_client.connect(self._settings.redis_url, socket_connect_timeout=2)
+            self._redis = aioredis.Redis.from_url(
+                self._settings.redis_url,
+                socket_timeout=None,
+                socket_connect_timeout=CONNECT_TIMEOUT_S,
+            )
             self._stack.push_async_callback(self._redis.aclose)
             self._publisher = await self._stack.enter_async_context(
                 Publisher(
-                    self._settings.redis_url,
+                    self._redis_target,
                     self._metrics,
                     self._on_publish_failure,
+                    on_bus_failure=self._on_bus_failure,
                     flush_interval_s=self._settings.flush_interval_ms / 1000,
                 )
             )
@@ -212,11 +229,17 @@ class Gateway:
         except BaseException:
             await self._stack.aclose()
             raise
-        log.info(
-            "gateway listening on %s (Redis %s)",
-            self.url,
-            "ok" if self._redis_ok else f"unavailable: {self._redis_error}",
-        )
+        if self._bus_error:
+            log.error(
+                "gateway listening on %s; not ready: Redis at %s unavailable: %s",
+                self.url,
+                self._redis_target.describe(),
+                self._bus_error,
+            )
+        else:
+            log.info(
+                "gateway listening on %s (Redis at %s)", self.url, self._redis_target.describe()
+            )
         return self
 
     async def __aexit__(
@@ -250,20 +273,39 @@ class Gateway:
     # ------------------------------------------------------------------ health
 
     async def _check_redis(self) -> None:
+        """Write the health key: Redis answering is not enough, it must take writes (it refuses
+        them when out of memory under ``noeviction``, after a failed RDB save, on a read-only
+        replica, ...: then it refuses XADDs too)."""
         assert self._redis is not None
+        failures = self._bus_failures
+        answered, error = True, ""
         try:
             async with asyncio.timeout(HEALTH_TIMEOUT_S):
-                await self._redis.ping()
+                await self._redis.set(
+                    self._health_key, int(time.time() * 1000), px=HEALTH_KEY_TTL_MS
+                )
+        except ResponseError as exc:  # Redis answered, and refused the write
+            error = f"writes refused: {_reply_text(exc)}"
         except (RedisError, OSError, TimeoutError) as exc:
-            error = str(exc) or type(exc).__name__
-            if self._redis_ok:
-                log.error("Redis is unavailable: %s", error)
-            self._redis_ok, self._redis_error = False, error
-        else:
-            if not self._redis_ok:
-                log.info("Redis is available")
-            self._redis_ok, self._redis_error = True, ""
-        self._metrics.redis_up.set(1 if self._redis_ok else 0)
+            answered, error = False, str(exc) or type(exc).__name__
+        self._metrics.redis_up.set(1 if answered else 0)
+        if not error and failures != self._bus_failures:
+            return  # the publisher failed since this write was sent: not ready yet
+        self._set_bus_error(error)
+
+    def _set_bus_error(self, error: str) -> None:
+        if error and not self._bus_error:
+            log.error("Redis unavailable, refusing new calls: %s", error)
+        elif not error and self._bus_error:
+            log.info("Redis is available: accepting calls")
+        self._bus_error = error
+        self._metrics.redis_writable.set(0 if error else 1)
+
+    def _on_bus_failure(self, error: str) -> None:
+        """The publisher could not publish for any call (Redis unreachable, silent, refusing
+        writes or the connection): unready until a health check's write succeeds."""
+        self._bus_failures += 1
+        self._set_bus_error(error)
 
     async def _health_loop(self) -> None:
         while True:
@@ -279,9 +321,9 @@ class Gateway:
         if path == "/healthz":
             return connection.respond(HTTPStatus.OK, "ok\n")
         if path == "/readyz":
-            if not self._redis_ok:
+            if self._bus_error:
                 return connection.respond(
-                    HTTPStatus.SERVICE_UNAVAILABLE, f"Redis unavailable: {self._redis_error}\n"
+                    HTTPStatus.SERVICE_UNAVAILABLE, f"Redis unavailable: {self._bus_error}\n"
                 )
             if overload := self._overloaded():
                 return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, f"{overload}\n")
@@ -314,10 +356,10 @@ class Gateway:
             return connection.respond(
                 HTTPStatus.CONFLICT, f"call {target.call_id} is already connected here\n"
             )
-        if not self._redis_ok:  # the call could not be published: say so before it starts
+        if self._bus_error:  # the call could not be published: say so before it starts
             self._metrics.rejects.labels("bus_unavailable").inc()
             return connection.respond(
-                HTTPStatus.SERVICE_UNAVAILABLE, f"event bus unavailable: {self._redis_error}\n"
+                HTTPStatus.SERVICE_UNAVAILABLE, f"event bus unavailable: {self._bus_error}\n"
             )
         if overload := self._overloaded():  # more would only grow memory: protect the calls
             self._metrics.rejects.labels("overloaded").inc()
@@ -591,6 +633,13 @@ class Gateway:
         closer = asyncio.create_task(call.connection.close(code, reason))
         self._closers.add(closer)
         closer.add_done_callback(self._closers.discard)
+
+
+def _reply_text(exc: RedisError) -> str:
+    """An error reply as Redis wrote it (redis-py moves the leading code, e.g. ``OOM``, out of
+    the message of the exceptions it maps it to)."""
+    code = exc.status_code
+    return f"{code} {exc}" if code else str(exc)
 
 
 def _unauthorized(connection: ServerConnection, message: str) -> Response:

@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import http.server
 import json
+import logging
 import threading
 import time
 import urllib.error
@@ -25,7 +26,7 @@ from callstream.ingress.server import Gateway
 from callstream.shared.errors import ConfigError
 from callstream.shared.settings import AuthSettings, Settings
 from callstream.simulate import CallResult, simulate
-from tests.helpers import RedisProcess, free_port, until, xrange
+from tests.helpers import RedisProcess, free_port, until, wait_for_end, xrange
 
 ISSUER = "https://acscallautomation.communication.azure.com"
 AUDIENCE = "acs-resource-id"
@@ -81,10 +82,14 @@ async def test_readyz_is_503_when_redis_does_not_answer(settings: Settings) -> N
 # ------------------------------------------------------------------ Redis going away
 
 
-async def wait_ready(gateway: Gateway, status: int, timeout_s: float = 10) -> None:
+async def wait_ready(gateway: Gateway, status: int, timeout_s: float = 10) -> str:
+    """Poll /readyz until it answers ``status`` (bounded); its body then."""
     deadline = time.monotonic() + timeout_s
-    while (await get(http_base(gateway) + "/readyz"))[0] != status:
-        assert time.monotonic() < deadline, f"/readyz never became {status}"
+    while True:
+        answer, body = await get(http_base(gateway) + "/readyz")
+        if answer == status:
+            return body
+        assert time.monotonic() < deadline, f"/readyz never became {status} (last: {body!r})"
         await asyncio.sleep(0.1)
 
 
@@ -156,6 +161,94 @@ async def test_a_call_redis_stops_answering_is_closed_1011_after_the_flush_timeo
             gateway.url, [b"\x10\x00" * 16000], call_ids=["after-hang"], linger_s=0.2
         )
         assert after.completed, after.error or after.close_reason
+
+
+# ------------------------------------------------------------------ Redis refusing writes
+
+
+async def test_a_redis_that_refuses_writes_makes_the_gateway_unready_until_it_takes_them_again(
+    settings: Settings, private_redis: RedisProcess
+) -> None:
+    """Out of memory under noeviction, Redis still answers PING but refuses every XADD: the
+    call streaming is closed with 1011, /readyz and new upgrades answer 503 with the reason;
+    once Redis has memory again the gateway is ready and publishes a new call."""
+    local = dataclasses.replace(settings, redis_url=private_redis.url)
+    raw = aioredis.Redis.from_url(private_redis.url)
+    try:
+        async with Gateway(local) as gateway:
+            await wait_ready(gateway, 200)
+            call = await streaming_call(gateway, "squeezed", seconds=10)
+            await raw.set("ballast", b"\x01" * 2_000_000)
+            await raw.config_set("maxmemory-policy", "noeviction")
+            await raw.config_set("maxmemory", "1mb")
+            [result] = await call
+            assert result.close_code == 1011
+            assert result.close_reason.startswith(
+                "event bus unavailable: OOM command not allowed when used memory"
+            )
+            assert result.frames_sent < 50 * 8  # closed long before its 10 s were sent
+            body = await wait_ready(gateway, 503)
+            assert body.startswith("Redis unavailable: writes refused: OOM command not allowed")
+            assert await raw.ping()  # Redis answers: only its writes are refused
+            [refused] = await simulate(gateway.url, [b"\x10\x00" * 1600], call_ids=["later"])
+            assert refused.error is not None
+            assert refused.error.startswith("server refused the call: HTTP 503")
+            assert "event bus unavailable: writes refused: OOM" in refused.error
+            assert gateway.registry.get_sample_value("callstream_ingress_redis_up") == 1
+            assert gateway.registry.get_sample_value("callstream_ingress_redis_writable") == 0
+            # Redis gets memory again: ready again, and a call is published.
+            await raw.config_set("maxmemory", "0")
+            await wait_ready(gateway, 200)
+            assert gateway.registry.get_sample_value("callstream_ingress_redis_writable") == 1
+            [after] = await simulate(
+                gateway.url, [b"\x10\x00" * 16000], call_ids=["after-oom"], linger_s=0.2
+            )
+            assert after.completed, after.error or after.close_reason
+            rejects = gateway.registry.get_sample_value(
+                "callstream_ingress_rejects_total", {"reason": "bus_unavailable"}
+            )
+            assert rejects == 2  # the call closed with 1011 and the upgrade refused
+        stored = await wait_for_end(raw, local.keys.call_in("after-oom"))
+        assert sum(fields[b"kind"] == b"audio" for _, fields in stored) == after.frames_sent
+    finally:
+        await raw.aclose()
+
+
+async def test_a_refusal_only_the_publisher_sees_makes_the_gateway_unready_until_a_check(
+    settings: Settings, private_redis: RedisProcess, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Redis takes the health check's write but refuses XADD (an ACL without it): the
+    publisher's refusal makes the gateway unready at once; the next check that writes makes it
+    ready again."""
+    caplog.set_level(logging.INFO, logger="callstream.ingress.server")
+    raw = aioredis.Redis.from_url(private_redis.url)
+    try:
+        await raw.acl_setuser(
+            "gw", enabled=True, passwords=["+pw"], keys=["*"], categories=["+@all"]
+        )
+        url = f"redis://gw:pw@127.0.0.1:{private_redis.port}/0"
+        async with Gateway(dataclasses.replace(settings, redis_url=url)) as gateway:
+            await wait_ready(gateway, 200)
+            call = await streaming_call(gateway, "denied", seconds=10)
+            await raw.acl_setuser("gw", enabled=True, commands=["-xadd"])
+            [result] = await call
+            assert result.close_code == 1011
+            assert result.close_reason.startswith("event bus unavailable: NOPERM")
+            assert "'xadd'" in result.close_reason
+
+            async def ready_again() -> bool:
+                return gateway.registry.get_sample_value("callstream_ingress_redis_writable") == 1
+
+            await until(ready_again)
+        messages = [r.getMessage() for r in caplog.records]
+        unready = next(
+            i
+            for i, message in enumerate(messages)
+            if message.startswith("Redis unavailable, refusing new calls: writes refused: NOPERM")
+        )
+        assert "Redis is available: accepting calls" in messages[unready + 1 :]
+    finally:
+        await raw.aclose()
 
 
 # ------------------------------------------------------------------ authentication

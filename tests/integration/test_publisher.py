@@ -12,7 +12,7 @@ from callstream.ingress.publisher import MAX_BATCH, PUBLISHER_CLIENT_NAME, Publi
 from callstream.shared.entries import InFrame, decode_in
 from callstream.shared.resp import FrameXadd
 from callstream.shared.settings import Settings
-from tests.helpers import xrange
+from tests.helpers import RedisProcess, xrange
 
 PCM = bytes(range(256)) * 2 + bytes(128)  # 640 bytes, not all zero
 
@@ -69,13 +69,17 @@ async def test_an_error_reply_fails_only_its_own_call(
     registry = CollectorRegistry()
     metrics = IngressMetrics(registry)
     failures = Failures()
-    async with Publisher(settings.redis_url, metrics, failures) as publisher:
+    bus: list[str] = []
+    async with Publisher(
+        settings.redis_url, metrics, failures, on_bus_failure=bus.append
+    ) as publisher:
         for seq in range(10):
             publisher.publish("fine", frame_command(settings, "fine", seq), 1.0)
             publisher.publish("wrongtype", frame_command(settings, "wrongtype", seq), 1.0)
         await publisher.drain()
     assert [call_id for call_id, _ in failures.calls] == ["wrongtype"]
     assert "WRONGTYPE" in failures.calls[0][1]
+    assert bus == []  # about one call's key, not about Redis
     assert await seqs(redis, settings, "fine") == list(range(10))
     assert registry.get_sample_value("callstream_ingress_publish_errors_total") == 10
 
@@ -122,12 +126,46 @@ async def test_entries_for_an_unreachable_redis_fail_their_calls_quickly(
     settings: Settings,
 ) -> None:
     failures = Failures()
+    bus: list[str] = []
     metrics = IngressMetrics(CollectorRegistry())
     async with asyncio.timeout(10):
-        async with Publisher("redis://127.0.0.1:1/0", metrics, failures) as publisher:
+        async with Publisher(
+            "redis://127.0.0.1:1/0", metrics, failures, on_bus_failure=bus.append
+        ) as publisher:
             publisher.publish("lost", b"*1\r\n$4\r\nPING\r\n")
             await publisher.drain()
     assert len(failures.calls) == 1
     call_id, error = failures.calls[0]
     assert call_id == "lost"
     assert error.startswith("cannot connect to Redis")
+    assert bus == [error]
+
+
+async def test_a_redis_out_of_memory_fails_every_call_and_says_it_refuses_writes(
+    settings: Settings, private_redis: RedisProcess
+) -> None:
+    """Under ``maxmemory`` with ``noeviction`` every XADD is refused: each call learns it, and
+    the publisher reports once, for the batch, that Redis refuses writes."""
+    raw = aioredis.Redis.from_url(private_redis.url)
+    try:
+        await raw.set("ballast", b"\x01" * 2_000_000)
+        await raw.config_set("maxmemory-policy", "noeviction")
+        await raw.config_set("maxmemory", "1mb")
+        registry = CollectorRegistry()
+        failures = Failures()
+        bus: list[str] = []
+        async with Publisher(
+            private_redis.url, IngressMetrics(registry), failures, on_bus_failure=bus.append
+        ) as publisher:
+            for seq in range(5):
+                for call_id in ("one", "two"):
+                    publisher.publish(call_id, frame_command(settings, call_id, seq), 1.0)
+            await publisher.drain()
+        assert sorted(call_id for call_id, _ in failures.calls) == ["one", "two"]
+        assert all(error.startswith("OOM command not allowed") for _, error in failures.calls)
+        assert len(bus) == 1
+        assert bus[0].startswith("writes refused: OOM command not allowed")
+        assert registry.get_sample_value("callstream_ingress_publish_errors_total") == 10
+        assert await raw.exists(settings.keys.call_in("one")) == 0
+    finally:
+        await raw.aclose()
