@@ -38,6 +38,10 @@ log = logging.getLogger(__name__)
 Send = Callable[[str], Awaitable[None]]
 
 READ_BLOCK_MS = 100  # bound on how long a newly attached call waits to join the shared read
+# The shared read runs at most this often: with many calls, some entry arrives almost every
+# millisecond, and reading at once each time costs an XREAD of every stream for a few entries.
+# Audio is queued ~100 ms ahead of playback, so a few ms here cost no gap.
+READ_INTERVAL_S = 0.005
 READ_COUNT = 200  # entries per stream per read
 MAX_BACKOFF_S = 2.0
 READ_TIMEOUT_S = READ_BLOCK_MS / 1000 + 5.0  # a read Redis has not answered by then failed
@@ -219,6 +223,7 @@ class EgressHub:
                             exc,
                         )
                 call.wakeup.set()
+            await asyncio.sleep(READ_INTERVAL_S)
 
     async def _trim(self) -> None:
         """Drop from each out stream what has been read (it waits in the playout buffer)."""

@@ -42,9 +42,11 @@ async def settings(redis_url: str, event_types_allowed: frozenset[str]) -> Async
     client = aioredis.Redis.from_url(redis_url)
     try:
         keys = [key async for key in client.scan_iter(match=f"{prefix}:*", count=1000)]
-        await _validate_events(client, prefix, keys, event_types_allowed)
-        if keys:
-            await client.delete(*keys)
+        try:
+            await _validate_events(client, prefix, keys, event_types_allowed)
+        finally:
+            if keys:
+                await client.delete(*keys)
     finally:
         await client.aclose()
 
