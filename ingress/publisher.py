@@ -1,4 +1,5 @@
-"""Batched publishing of stream entries from every call of a gateway process.
+"""Batched publishing of stream entries from every call of a process (the gateway's frames, a
+worker replica's outputs and checkpoints: :mod:`callstream.workers.writer`).
 
 Connections hand over packed commands without waiting. Everything handed over during one turn
 of the event loop is written to Redis as one pipeline at the start of the next turn (or after
@@ -34,11 +35,11 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from itertools import chain
 from types import TracebackType
-from typing import cast
+from typing import Protocol, cast
 
 import hiredis
+from prometheus_client import Counter, Histogram
 
-from callstream.ingress.metrics import IngressMetrics
 from callstream.ingress.redis_url import RedisTarget, parse_redis_url
 from callstream.shared.entries import Fields
 from callstream.shared.errors import ConfigError
@@ -53,7 +54,7 @@ FLUSH_TIMEOUT_S = 5.0  # Redis answering nothing this long fails what is in flig
 CONNECT_TIMEOUT_S = 2.0
 RETRY_CONNECT_AFTER_S = 0.5  # after a failed connect, entries fail at once for this long
 WATCHDOG_PERIOD_S = 0.5
-PUBLISHER_CLIENT_NAME = "callstream-gateway-publisher"
+PUBLISHER_CLIENT_NAME = "callstream-gateway-publisher"  # the gateway's; a worker names its own
 MAX_BATCH = 1000  # entries per write: bounded memory and a cache-sized working set
 WRITE_CHUNK = 256 * 1024  # bytes per transport.write while the socket keeps up
 
@@ -79,6 +80,16 @@ BUS_WIDE_ERRORS = frozenset(
         "CLUSTERDOWN",
     }
 )
+
+
+class PublisherMetrics(Protocol):
+    """What the publisher counts (the gateway's IngressMetrics, a worker's WriterMetrics)."""
+
+    batch: Histogram  # commands per write
+    latency: Histogram  # a marked command (``received_at``) handed over → acknowledged
+    published: Counter  # commands Redis acknowledged
+    frames: Counter  # marked commands Redis acknowledged
+    publish_errors: Counter  # commands Redis did not accept
 
 
 def refuses_every_call(error: str) -> bool:
@@ -162,11 +173,12 @@ class Publisher:
     def __init__(
         self,
         redis: str | RedisTarget,
-        metrics: IngressMetrics,
+        metrics: PublisherMetrics,
         on_failure: OnFailure,
         *,
         on_bus_failure: OnBusFailure | None = None,
         flush_interval_s: float = 0.0,
+        client_name: str = PUBLISHER_CLIENT_NAME,
     ) -> None:
         """``redis``: a ``REDIS_URL`` or its parsed target (ConfigError when redis-py would
         not accept it, or its TLS files cannot be loaded)."""
@@ -180,7 +192,7 @@ class Publisher:
             self._ssl = target.tls.get() if target.tls is not None else None
         except (OSError, ssl.SSLError) as exc:
             raise ConfigError(f"REDIS_URL: cannot set up TLS: {exc}") from None
-        self._setup = [_PACK(command) for command in target.setup_commands(PUBLISHER_CLIENT_NAME)]
+        self._setup = [_PACK(command) for command in target.setup_commands(client_name)]
         self._metrics = metrics
         self._on_failure = on_failure
         self._on_bus_failure = on_bus_failure

@@ -10,10 +10,10 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from callstream.shared.entries import Fields, OutAudio, OutMark, OutStop, encode_out
+from callstream.shared.entries import Fields, OutMark, OutStop, encode_out
 from callstream.shared.events import Event
 from callstream.shared.settings import Settings
-from callstream.workers.writer import Writer
+from callstream.workers.writer import Writer, pack
 
 
 def _xadd(maxlen: int, fields: Fields) -> tuple[Any, ...]:
@@ -32,10 +32,15 @@ class RedisAudioOut:
         self._call_id = call_id
         self._key = settings.keys.call_out(call_id)
         self._maxlen = settings.out_stream_maxlen
+        # Everything before the PCM is the same for every chunk of this call: packed once
+        # (the bytes hiredis.pack_command would make; a unit test compares them).
+        head = pack("XADD", self._key, "MAXLEN", "~", self._maxlen, "*", "kind", "audio", "pcm", "")
+        self._audio_head = head[: -len(b"$0\r\n\r\n")]
 
     def play(self, pcm: bytes) -> None:
         if pcm:
-            self._add(encode_out(OutAudio(pcm)))
+            command = b"%b$%d\r\n%b\r\n" % (self._audio_head, len(pcm), pcm)
+            self._writer.add_packed(self._call_id, command, audio=True)
 
     def stop(self) -> None:
         self._add(encode_out(OutStop()))

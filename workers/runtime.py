@@ -90,7 +90,7 @@ from callstream.workers.ownership import (
     resume_point,
 )
 from callstream.workers.ports import RedisAudioOut, RedisEventOut
-from callstream.workers.writer import Writer
+from callstream.workers.writer import Writer, WriterMetrics
 
 log = logging.getLogger(__name__)
 
@@ -230,7 +230,9 @@ class WorkerRuntime:
         self._heartbeat_s = heartbeat_s
         self._options = options or argparse.Namespace()
         self._group = self._keys.group(kind)
-        self._metrics = RuntimeMetrics(registry or CollectorRegistry(), kind)
+        registry = registry or CollectorRegistry()
+        self._metrics = RuntimeMetrics(registry, kind)
+        self._writer_metrics = WriterMetrics(registry, kind)
         self._redis: aioredis.Redis | None = None
         self._writer: Writer | None = None
         self._calls: dict[str, _Call] = {}
@@ -285,15 +287,23 @@ class WorkerRuntime:
         # replica then kept serving a call it had handed back). Blocking reads are bounded by
         # the server (BLOCK) and by ``asyncio.timeout`` here instead. The pool does not grow
         # with the calls: one reader, one writer, the claim loop and short pipelines.
+        client_name = f"callstream-worker-{self._kind}-{self.consumer}"
         pool = aioredis.BlockingConnectionPool.from_url(
             self._settings.redis_url,
             max_connections=POOL_CONNECTIONS,
             timeout=READ_TIMEOUT_MARGIN_S,
             socket_timeout=None,
-            client_name=f"callstream-worker-{self._kind}-{self.consumer}",
+            client_name=client_name,
         )
         self._redis = aioredis.Redis.from_pool(pool)
-        self._writer = Writer(self._redis, self._on_write_failure)
+        self._writer = Writer(
+            self._settings.redis_url,
+            self._writer_metrics,
+            self._on_write_failure,
+            on_bus_failure=self._on_bus_failure,
+            client_name=client_name,
+            flush_interval_s=self._settings.flush_interval_ms / 1000,
+        )
         await self._writer.__aenter__()
         try:
             await self._register()
@@ -818,6 +828,9 @@ class WorkerRuntime:
         key = self._keys.checkpoint(self._kind, call_id)
         self._writer.add("", "HSET", key, F_ERROR, f"{type(exc).__name__}: {exc}"[:300])
         self._writer.add("", "EXPIRE", key, self._settings.call_ttl_s)
+
+    def _on_bus_failure(self, error: str) -> None:
+        self._redis_down(BusError(error))
 
     def _on_write_failure(self, call_id: str, error: str) -> None:
         call = self._calls.get(call_id)

@@ -2,47 +2,102 @@
 
 Handlers' ports and the runtime queue commands without waiting (:meth:`Writer.add`); what was
 queued during one turn of the event loop goes to Redis as one pipeline at the next, on one
-connection at a time, so a call's audio, events and checkpoints keep their order (a checkpoint
-is never written before the output it covers). While a batch is in flight the next one fills
-up. A command Redis refuses, or a batch whose connection fails, is reported per call to
-``on_failure`` (the runtime fails those calls: they are retried from their checkpoint).
+connection, so a call's audio, events and checkpoints keep their order (a checkpoint is never
+written before the output it covers). It is the gateway's publisher
+(:class:`~callstream.ingress.publisher.Publisher`: commands packed by hiredis, replies matched
+by an asyncio protocol, nothing awaited on the way) with a worker's metrics: redis-py's
+pipeline packed every command in Python, which cost the echo worker half its CPU
+(docs/performance.md). A command Redis refuses, or a batch whose connection fails, is reported
+per call to ``on_failure`` (the runtime fails those calls: they are retried from their
+checkpoint); a refusal that concerns every call (Redis unreachable, OOM, …) also to
+``on_bus_failure``.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import logging
+import time
 from collections.abc import Callable
 from types import TracebackType
+from typing import cast
 
-import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+import hiredis
+from prometheus_client import CollectorRegistry, Counter, Histogram
 
-log = logging.getLogger(__name__)
+from callstream.ingress.publisher import OnBusFailure, OnFailure, Publisher
 
-OnFailure = Callable[[str, str], None]
-Args = tuple[bytes | str | int | float, ...]
+Arg = bytes | str | int | float
+_PACK = cast(Callable[[tuple[Arg, ...]], bytes], hiredis.pack_command)
 
-MAX_BATCH = 2000  # commands per pipeline
+
+def pack(*args: Arg) -> bytes:
+    """One command in RESP, as the writer sends it."""
+    return _PACK(args)
+
+
+class WriterMetrics:
+    """The writer's figures, per kind."""
+
+    def __init__(self, registry: CollectorRegistry, kind: str) -> None:
+        self.batch = Histogram(
+            "callstream_worker_write_batch_commands",
+            "Commands per pipelined write",
+            ["kind"],
+            buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000),
+            registry=registry,
+        ).labels(kind)
+        self.latency = Histogram(
+            "callstream_worker_audio_write_seconds",
+            "Audio a handler played -> acknowledged by Redis",
+            ["kind"],
+            buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0),
+            registry=registry,
+        ).labels(kind)
+        self.published = Counter(
+            "callstream_worker_writes_total",
+            "Commands Redis acknowledged (audio, events, checkpoints, acknowledgements)",
+            ["kind"],
+            registry=registry,
+        ).labels(kind)
+        self.frames = Counter(
+            "callstream_worker_audio_writes_total",
+            "Audio entries Redis acknowledged",
+            ["kind"],
+            registry=registry,
+        ).labels(kind)
+        self.publish_errors = Counter(
+            "callstream_worker_write_errors_total",
+            "Commands Redis did not accept",
+            ["kind"],
+            registry=registry,
+        ).labels(kind)
 
 
 class Writer:
     """Batches commands of every call of a replica into pipelines."""
 
-    def __init__(self, redis: aioredis.Redis, on_failure: OnFailure) -> None:
-        self._redis = redis
-        self._on_failure = on_failure
-        self._commands: list[Args] = []
-        self._calls: list[str] = []  # one per command; "" for the runtime's own
-        self._wake = asyncio.Event()
-        self._idle = asyncio.Event()
-        self._idle.set()
-        self._task: asyncio.Task[None] | None = None
-        self.failures = 0
+    def __init__(
+        self,
+        redis_url: str,
+        metrics: WriterMetrics,
+        on_failure: OnFailure,
+        *,
+        on_bus_failure: OnBusFailure | None = None,
+        client_name: str,
+        flush_interval_s: float = 0.0,
+    ) -> None:
+        """``flush_interval_s``: how long the first command of a batch waits for more (as the
+        gateway's ``CS_FLUSH_INTERVAL_MS``)."""
+        self._publisher = Publisher(
+            redis_url,
+            metrics,
+            on_failure,
+            on_bus_failure=on_bus_failure,
+            client_name=client_name,
+            flush_interval_s=flush_interval_s,
+        )
 
     async def __aenter__(self) -> Writer:
-        self._task = asyncio.create_task(self._run(), name="worker-writer")
+        await self._publisher.__aenter__()
         return self
 
     async def __aexit__(
@@ -55,66 +110,22 @@ class Writer:
 
     async def aclose(self) -> None:
         """Write what was queued (bounded by Redis answering), then stop."""
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(10):
-                await self.drain()
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._publisher.aclose()
 
-    def add(self, call_id: str, *args: bytes | str | int | float) -> None:
-        """Queue one command (``args`` as for ``execute_command``)."""
-        self._commands.append(args)
-        self._calls.append(call_id)
-        self._idle.clear()
-        self._wake.set()
+    def add(self, call_id: str, *args: Arg) -> None:
+        """Queue one command (``args`` as for ``execute_command``); ``call_id`` is told if it
+        fails ("" for the runtime's own)."""
+        self._publisher.publish(call_id, _PACK(args))
+
+    def add_packed(self, call_id: str, command: bytes, *, audio: bool = False) -> None:
+        """Queue a command packed with :func:`pack`; ``audio`` counts it in the audio
+        metrics."""
+        self._publisher.publish(call_id, command, time.monotonic() if audio else 0.0)
 
     @property
-    def queued(self) -> int:
-        return len(self._commands)
+    def backlog_bytes(self) -> int:
+        return self._publisher.backlog_bytes
 
     async def drain(self) -> None:
         """Until everything queued so far has been written (or failed)."""
-        await self._idle.wait()
-
-    async def _run(self) -> None:
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            while self._commands:
-                commands, calls = self._commands[:MAX_BATCH], self._calls[:MAX_BATCH]
-                del self._commands[:MAX_BATCH], self._calls[:MAX_BATCH]
-                await self._write(commands, calls)
-            if not self._commands:
-                self._idle.set()
-
-    async def _write(self, commands: list[Args], calls: list[str]) -> None:
-        try:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for args in commands:
-                    pipe.execute_command(*args)
-                results = await pipe.execute(raise_on_error=False)
-        except (RedisError, OSError) as exc:
-            self.failures += 1
-            error = str(exc) or type(exc).__name__
-            log.warning("worker: writing %d commands failed: %s", len(commands), error)
-            for call_id in dict.fromkeys(calls):
-                if call_id:
-                    self._on_failure(call_id, error)
-            return
-        failed: dict[str, str] = {}
-        for call_id, result in zip(calls, results, strict=True):
-            if isinstance(result, Exception) and call_id not in failed:
-                failed[call_id] = str(result)
-        if failed:
-            self.failures += 1
-            log.warning(
-                "worker: Redis refused commands of %d calls (%s)",
-                len(failed),
-                next(iter(failed.values())),
-            )
-            for call_id, error in failed.items():
-                if call_id:
-                    self._on_failure(call_id, error)
+        await self._publisher.drain()

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 from callstream.shared.entries import InDtmf, InEnd, InFrame
+from callstream.shared.settings import Settings
 from callstream.workers.api import Item
 from callstream.workers.echo import EchoHandler
+from callstream.workers.ports import RedisAudioOut
 from callstream.workers.stt.transcript import SPEECH_STARTED, TICKS_PER_MS, TRANSCRIPT
 from callstream.workers.testing import memory_context
 from callstream.workers.transcribe import START_TS, TranscribeHandler
+from callstream.workers.writer import Writer, pack
 from tests.unit.workers.test_transcriber import Echoing
 from tests.unit.workers.test_vad import quiet, voiced
 
@@ -73,3 +78,25 @@ async def test_a_new_owner_counts_from_the_saved_start_and_does_not_repeat_a_fin
     assert abs(final.data["offset"] // TICKS_PER_MS - 4000) <= 40  # counted from the call's start
     assert final.id != old_final.id
     assert all(e.data.get("offset") != old_final.data["offset"] for e in second.events.events)
+
+
+class Recorded:
+    """Stands in for the runtime's writer: records the packed commands."""
+
+    def __init__(self) -> None:
+        self.commands: list[bytes] = []
+
+    def add_packed(self, call_id: str, command: bytes, *, audio: bool = False) -> None:
+        self.commands.append(command)
+
+
+def test_played_audio_is_packed_as_hiredis_packs_the_xadd() -> None:
+    settings = Settings(prefix="p")
+    writer = Recorded()
+    port = RedisAudioOut(cast(Writer, writer), "c1", settings)
+    port.play(b"\x01\x02" * 320)
+    expected = pack(
+        "XADD", "p:call:c1:out", "MAXLEN", "~", settings.out_stream_maxlen, "*",
+        "kind", "audio", "pcm", b"\x01\x02" * 320,
+    )  # fmt: skip
+    assert writer.commands == [expected]
