@@ -17,6 +17,7 @@ from callstream.shared.entries import (
     CallStarted,
     EntryError,
     InEnd,
+    InFrame,
     RawFields,
     decode_call,
     decode_in,
@@ -271,6 +272,14 @@ class CallInput:
     ) -> Batch:
         """The entries one XREAD returned for this call (``count`` per stream at most)."""
         skipped: list[str] = []
+        if not events:  # the common case: audio only
+            items, end_id = self._audio(audio, skipped)
+            last_in = end_id or (audio[-1][0].decode() if audio else None)
+            if last_in is not None:
+                self.in_id = last_in
+            if self.complete:
+                items.append((self.in_id, InEnd(self.end_reason or "normal")))
+            return Batch(items, last_in, None, skipped)
         if audio and events and (len(audio) >= count or len(events) >= count):
             # A stream cut at ``count`` may have more before the other's last entry: deliver
             # only up to the earlier of the cut streams' last ids, the rest is read again.
@@ -318,11 +327,12 @@ class CallInput:
                 self.audio_open = False
                 self.end_reason = entry.reason
                 return items, entry_id
-            participant = getattr(entry, "participant", "")
-            if participant:
-                channel = getattr(entry, "channel", None)
-                if channel is not None and self.participants.get(channel) != participant:
-                    self.participants[channel] = participant
+            if (
+                isinstance(entry, InFrame)
+                and entry.participant
+                and self.participants.get(entry.channel) != entry.participant
+            ):
+                self.participants[entry.channel] = entry.participant
             items.append((entry_id, entry))
         return items, None
 

@@ -147,8 +147,8 @@ class RuntimeMetrics:
         ).labels(kind)
         self.delay = Histogram(
             "callstream_worker_delay_seconds",
-            "Input entry published (its stream id's time) -> handed to the handler, per batch "
-            "(its oldest entry): grows without bound when a replica is slower than real time",
+            "Input entry published (its stream id's time) -> read for its handler, per shared "
+            "read (its oldest entry): grows without bound when a replica is slower than real time",
             ["kind"],
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
             registry=registry,
@@ -717,6 +717,8 @@ class WorkerRuntime:
             else:
                 events = entries
             read[call] = (audio, events)
+        oldest: str | None = None
+        handed = 0
         for call, (audio, events) in read.items():
             batch = call.input.receive(
                 cast(Sequence[tuple[bytes, RawFields]], audio),
@@ -729,9 +731,19 @@ class WorkerRuntime:
                 call.heard_at = now
             if call.input.call_ended and call.ended_at is None:
                 call.ended_at = now
+            if batch.items:
+                handed += len(batch.items)
+                first = batch.items[0][0]
+                if oldest is None or parse_id(first) < parse_id(oldest):
+                    oldest = first
             call.batch = batch
             call.busy = True
             call.wake.set()
+        if oldest is not None:
+            # Stream ids carry Redis's clock: the figure includes the clock offset between
+            # this host and Redis's (NTP keeps it to milliseconds).
+            self._metrics.delay.observe(max(0.0, time.time() - parse_id(oldest)[0] / 1000))
+            self._metrics.entries.inc(handed)
 
     # ------------------------------------------------------------------ serving one call
 
@@ -753,12 +765,7 @@ class WorkerRuntime:
                 if batch is None:
                     continue
                 if batch.items:
-                    published_ms = parse_id(batch.items[0][0])[0]
-                    # Stream ids carry Redis's clock: the figure includes the clock offset
-                    # between this host and Redis's (NTP keeps it to milliseconds).
-                    self._metrics.delay.observe(max(0.0, time.time() - published_ms / 1000))
                     await handler.handle(batch.items)
-                    self._metrics.entries.inc(len(batch.items))
                 if batch.last_in is not None:
                     call.processed_in = batch.last_in
                 if batch.last_event is not None:

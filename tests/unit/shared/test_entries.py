@@ -137,3 +137,10 @@ def test_previous_id_is_the_largest_id_before(ms: int, seq: int) -> None:
 def test_parse_id_refuses_what_is_not_an_id() -> None:
     with pytest.raises(EntryError):
         parse_id("abc-1")
+
+
+def test_an_entry_that_is_not_utf_8_where_text_is_expected_is_an_entry_error() -> None:
+    fields = as_redis(encode_in(InFrame(1, 2, "x", 0, False, bytes(640))))
+    fields[b"participant"] = b"\xff\xfe"
+    with pytest.raises(EntryError, match="UTF-8"):
+        decode_in(fields)
