@@ -70,6 +70,9 @@ async def test_unmixed_24k_call_with_one_speaker_and_two_silent(
     rate = 24000
     speaker = synth_talker(rate, 2.0, (0.1, 1.8), 180.0, seed=3)
     silent = bytes(len(speaker))
+    # A second audio-reading kind with no replica yet: the call's audio is kept for it (echo
+    # alone would delete it once done), so the test can read what the gateway published.
+    await redis.xgroup_create(settings.keys.calls, settings.keys.group("audit"), id="0")
     [result] = await simulate(
         gateway.url,
         [silent, speaker, silent],
