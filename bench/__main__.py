@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from bench import egress, ingest, soak, transcribe
+from bench import codec, echo, egress, ingest, soak, transcribe
 
 
 def main() -> int:
@@ -25,7 +25,15 @@ def main() -> int:
     soak.add_arguments(
         sub.add_parser("soak", help=soak.__doc__.splitlines()[0] if soak.__doc__ else None)
     )
+    codec.add_arguments(
+        sub.add_parser("codec", help=codec.__doc__.splitlines()[0] if codec.__doc__ else None)
+    )
+    echo.add_arguments(
+        sub.add_parser("echo", help=echo.__doc__.splitlines()[0] if echo.__doc__ else None)
+    )
     args = parser.parse_args()
+    if args.bench == "echo":
+        return echo.main(args)
     if args.bench == "ingest":
         return ingest.main(args)
     if args.bench == "egress":
@@ -34,6 +42,8 @@ def main() -> int:
         return transcribe.main(args)
     if args.bench == "soak":
         return soak.main(args)
+    if args.bench == "codec":
+        return codec.main(args)
     return 2
 
 
