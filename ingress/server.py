@@ -1,8 +1,8 @@
 """The gateway: ACS WebSocket endpoint, HTTP health and metrics, ingress to Redis, egress.
 
 One socket is one call. Messages are parsed by the sans-I/O :class:`InboundSession`; frames are
-published through the shared :class:`~ingress.publisher.Publisher`; audio for the call is played
-by the process's :class:`~egress.hub.EgressHub`. How each bad input is answered is tabled in
+published through the shared :class:`~callstream.bus.publisher.Publisher`; audio for the call is
+played by the process's :class:`~egress.hub.EgressHub`. How each bad input is answered is tabled in
 docs/protocol.md; every reject is counted in ``callstream_ingress_rejects_total{reason}``.
 
 Readiness means that publishing works: every second the gateway writes a short-lived key (a
@@ -31,11 +31,11 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
+from callstream.bus.publisher import CONNECT_TIMEOUT_S, Publisher
+from callstream.bus.url import parse_redis_url
 from callstream.egress.hub import EgressHub
 from callstream.ingress.auth import TokenValidator
 from callstream.ingress.metrics import IngressMetrics
-from callstream.ingress.publisher import CONNECT_TIMEOUT_S, Publisher
-from callstream.ingress.redis_url import parse_redis_url
 from callstream.shared.audio import Mode
 from callstream.shared.channels import ChannelMap
 from callstream.shared.entries import (

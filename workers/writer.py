@@ -4,7 +4,7 @@ Handlers' ports and the runtime queue commands without waiting (:meth:`Writer.ad
 queued during one turn of the event loop goes to Redis as one pipeline at the next, on one
 connection, so a call's audio, events and checkpoints keep their order (a checkpoint is never
 written before the output it covers). It is the gateway's publisher
-(:class:`~callstream.ingress.publisher.Publisher`: commands packed by hiredis, replies matched
+(:class:`~callstream.bus.publisher.Publisher`: commands packed by hiredis, replies matched
 by an asyncio protocol, nothing awaited on the way) with a worker's metrics: redis-py's
 pipeline packed every command in Python, which cost the echo worker half its CPU
 (docs/performance.md). A command Redis refuses, or a batch whose connection fails, is reported
@@ -23,7 +23,7 @@ from typing import cast
 import hiredis
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from callstream.ingress.publisher import OnBusFailure, OnFailure, Publisher
+from callstream.bus.publisher import OnBusFailure, OnFailure, Publisher
 
 Arg = bytes | str | int | float
 _PACK = cast(Callable[[tuple[Arg, ...]], bytes], hiredis.pack_command)

@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
-from callstream.ingress.publisher import FLUSH_TIMEOUT_S
+from callstream.bus.publisher import FLUSH_TIMEOUT_S
 from callstream.ingress.server import Gateway
 from callstream.shared.errors import ConfigError
 from callstream.shared.settings import AuthSettings, Settings

@@ -7,8 +7,8 @@ import asyncio
 import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry
 
+from callstream.bus.publisher import MAX_BATCH, PUBLISHER_CLIENT_NAME, Publisher
 from callstream.ingress.metrics import IngressMetrics
-from callstream.ingress.publisher import MAX_BATCH, PUBLISHER_CLIENT_NAME, Publisher
 from callstream.shared.entries import InFrame, decode_in
 from callstream.shared.resp import FrameXadd
 from callstream.shared.settings import Settings

@@ -33,13 +33,13 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from prometheus_client import CollectorRegistry
 
-from callstream.ingress.metrics import IngressMetrics
-from callstream.ingress.publisher import (
+from callstream.bus.publisher import (
     PUBLISHER_CLIENT_NAME,
     Publisher,
     refuses_every_call,
 )
-from callstream.ingress.redis_url import RedisTarget, parse_redis_url, redact
+from callstream.bus.url import RedisTarget, parse_redis_url, redact
+from callstream.ingress.metrics import IngressMetrics
 from callstream.ingress.server import Gateway
 from callstream.localredis import server_args
 from callstream.shared.errors import ConfigError

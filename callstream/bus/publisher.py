@@ -19,8 +19,8 @@ unreachable or silent, the connection's AUTH refused, or error replies such as `
 ``MISCONF`` or ``READONLY``: see :func:`refuses_every_call`), are also reported once per batch
 through ``on_bus_failure(reason)``, so the gateway stops taking calls.
 
-``REDIS_URL`` means what it means to redis-py (``redis_url.py``): TCP, TLS or a unix socket,
-ACL user and password, database.
+``REDIS_URL`` means what it means to redis-py (:mod:`callstream.bus.url`): TCP, TLS or a unix
+socket, ACL user and password, database.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from typing import Protocol, cast
 import hiredis
 from prometheus_client import Counter, Histogram
 
-from callstream.ingress.redis_url import RedisTarget, parse_redis_url
+from callstream.bus.url import RedisTarget, parse_redis_url
 from callstream.shared.entries import Fields
 from callstream.shared.errors import ConfigError
 
