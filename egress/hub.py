@@ -19,16 +19,16 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import cast
 
 import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from redis.exceptions import RedisError
-from redis.typing import KeyT, StreamIdT
 
+from callstream.bus.reader import StreamReader, fields
 from callstream.egress.playout import MarkReached, Playout, SendFrame, SendStop
 from callstream.shared.audio import FRAME_MS, AudioFormat
-from callstream.shared.entries import EntryError, XReadReply, decode_out
+from callstream.shared.entries import EntryError, decode_out
+from callstream.shared.errors import BusError
 from callstream.shared.events import PLAYBACK_MARK, Event
 from callstream.shared.protocols.acs import build_audio_data, build_stop_audio
 from callstream.shared.settings import Settings
@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 
 Send = Callable[[str], Awaitable[None]]
 
+EGRESS_CLIENT_NAME = "callstream-gateway-egress"
 READ_BLOCK_MS = 100  # bound on how long a newly attached call waits to join the shared read
 # The shared read runs at most this often: with many calls, some entry arrives almost every
 # millisecond, and reading at once each time costs an XREAD of every stream for a few entries.
@@ -117,6 +118,9 @@ class EgressHub:
         self._by_key: dict[bytes, _Call] = {}
         self._attached = asyncio.Event()
         self._reader: asyncio.Task[None] | None = None
+        # Out streams are read on a connection of egress's own, its replies parsed by hiredis
+        # (callstream.bus.reader); marks and trims go through ``redis``.
+        self._xread = StreamReader(settings.redis_url, client_name=EGRESS_CLIENT_NAME)
 
     @property
     def attached(self) -> int:
@@ -143,6 +147,7 @@ class EgressHub:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reader
             self._reader = None
+        await self._xread.aclose()
 
     def attach(self, call_id: str, fmt: AudioFormat, send: Send, *, start_id: str) -> None:
         """Start playing ``call_id``'s out stream, from entries after ``start_id``."""
@@ -189,14 +194,13 @@ class EgressHub:
                 self._attached.clear()
                 await self._attached.wait()
                 continue
-            streams: dict[KeyT, StreamIdT] = {c.key: c.last_id for c in self._calls.values()}
+            streams = {c.key: c.last_id for c in self._calls.values()}
             try:
                 async with asyncio.timeout(READ_TIMEOUT_S):
-                    reply = cast(
-                        XReadReply,
-                        await self._redis.xread(streams, count=READ_COUNT, block=READ_BLOCK_MS),
+                    reply = await self._xread.xread(
+                        streams, count=READ_COUNT, block_ms=READ_BLOCK_MS
                     )
-            except (RedisError, OSError, TimeoutError) as exc:
+            except (BusError, OSError) as exc:
                 self._metrics.redis_errors.inc()
                 log.warning(
                     "egress: reading out streams failed (%s); retrying in %.1f s", exc, backoff_s
@@ -206,14 +210,14 @@ class EgressHub:
                 continue
             backoff_s = 0.1
             now = loop.time()
-            for key, entries in reply or ():
+            for key, entries in reply:
                 call = self._by_key.get(key)
                 if call is None:  # detached while we were reading
                     continue
-                for entry_id, fields in entries:
+                for entry_id, flat in entries:
                     call.last_id = entry_id.decode()
                     try:
-                        call.playout.push(decode_out(fields), now)
+                        call.playout.push(decode_out(fields(flat)), now)
                     except EntryError as exc:
                         self._metrics.bad_entries.inc()
                         log.warning(

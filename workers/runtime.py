@@ -45,6 +45,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from redis.exceptions import RedisError, ResponseError
 from redis.typing import StreamIdT
 
+from callstream.bus.reader import Reply, StreamReader, fields
 from callstream.shared.entries import (
     CallStarted,
     RawFields,
@@ -99,7 +100,10 @@ READ_BLOCK_MS = 100  # bound on how long a newly readable call waits to join the
 READ_INTERVAL_S = 0.005  # the shared read runs at most this often: bigger batches, less CPU
 MIN_TAKEOVER_IDLE_S = 1.0
 READ_TIMEOUT_MARGIN_S = 5.0  # a blocking read not answered this long after its BLOCK failed
-POOL_CONNECTIONS = 16  # reader, claim loop, heartbeat, writer, and short pipelines
+# redis-py's pool: the claim loop (blocked in XREADGROUP), the heartbeat and short pipelines
+# (takes, trims, finishes), which wait for a free connection. The shared read and the writer
+# have connections of their own (callstream.bus).
+POOL_CONNECTIONS = 6
 HANDBACK_IDLE_MS = 10**9  # "idle for 11 days": any replica's XAUTOCLAIM takes it at once
 HISTORY_EVENTS = 2000  # a new owner's look back over the call's events
 STOP_GRACE_S = 2.0  # at aclose, how long a call may take to finish the batch it is on
@@ -234,6 +238,7 @@ class WorkerRuntime:
         self._metrics = RuntimeMetrics(registry, kind)
         self._writer_metrics = WriterMetrics(registry, kind)
         self._redis: aioredis.Redis | None = None
+        self._reader: StreamReader | None = None
         self._writer: Writer | None = None
         self._calls: dict[str, _Call] = {}
         self._capacity = asyncio.Event()
@@ -247,6 +252,7 @@ class WorkerRuntime:
         self._group_ok = False
         self._audio_kinds: list[str] = [kind] if inputs.audio else []
         self._kinds_read_at = -KINDS_REFRESH_S
+        self._kinds_lock = asyncio.Lock()  # one refresh at a time (calls finish together)
 
     @classmethod
     def for_kind(
@@ -296,6 +302,7 @@ class WorkerRuntime:
             client_name=client_name,
         )
         self._redis = aioredis.Redis.from_pool(pool)
+        self._reader = StreamReader(self._settings.redis_url, client_name=client_name)
         self._writer = Writer(
             self._settings.redis_url,
             self._writer_metrics,
@@ -360,6 +367,8 @@ class WorkerRuntime:
             await self._hand_back(owned)
             assert self._writer is not None
             await self._writer.aclose()
+            if self._reader is not None:
+                await self._reader.aclose()
             await self._redis.aclose()
             self._redis = None
         self._calls.clear()
@@ -662,8 +671,8 @@ class WorkerRuntime:
     # ------------------------------------------------------------------ reading
 
     async def _read_loop(self) -> None:
-        assert self._redis is not None
-        redis = self._redis
+        assert self._reader is not None
+        reader = self._reader
         backoff_s = 0.1
         while not self._stopping:
             streams: dict[str, str] = {}
@@ -682,11 +691,8 @@ class WorkerRuntime:
                 continue
             try:
                 async with asyncio.timeout(READ_BLOCK_MS / 1000 + READ_TIMEOUT_MARGIN_S):
-                    reply = cast(
-                        XReadReply,
-                        await redis.xread(streams, count=READ_COUNT, block=READ_BLOCK_MS),  # type: ignore[arg-type]
-                    )
-            except (RedisError, OSError) as exc:
+                    reply = await reader.xread(streams, count=READ_COUNT, block_ms=READ_BLOCK_MS)
+            except (BusError, OSError) as exc:
                 self._redis_down(exc)
                 log.warning(
                     "worker %s: reading calls failed (%s); retrying in %.1f s",
@@ -701,16 +707,17 @@ class WorkerRuntime:
             self._metrics.reads.inc()
             if self._halted():
                 return
-            self._dispatch(reply or [], owners)
+            self._dispatch(reply, owners)
             await asyncio.sleep(READ_INTERVAL_S)
 
-    def _dispatch(self, reply: XReadReply, owners: dict[bytes, _Call]) -> None:
+    def _dispatch(self, reply: Reply, owners: dict[bytes, _Call]) -> None:
         now = time.monotonic()
         read: dict[_Call, tuple[StreamEntries, StreamEntries]] = {}
-        for key, entries in reply:
+        for key, raw in reply:
             call = owners.get(key)
             if call is None or self._calls.get(call.call_id) is not call:
                 continue  # dropped (lost, failed) while the read was out
+            entries = [(entry_id, fields(flat)) for entry_id, flat in raw]
             audio, events = read.get(call, ([], []))
             if key == call.input.in_key.encode():
                 audio = entries
@@ -1037,8 +1044,14 @@ class WorkerRuntime:
         """The kinds whose consumer groups exist on cs:calls and that read audio (a group of
         a kind not in the kinds hash, from an older version, counts as reading audio)."""
         assert self._redis is not None
-        if time.monotonic() - self._kinds_read_at < KINDS_REFRESH_S:
-            return self._audio_kinds
+        async with self._kinds_lock:
+            if time.monotonic() - self._kinds_read_at >= KINDS_REFRESH_S:
+                self._audio_kinds = await self._read_audio_kinds()
+                self._kinds_read_at = time.monotonic()
+        return self._audio_kinds
+
+    async def _read_audio_kinds(self) -> list[str]:
+        assert self._redis is not None
         async with self._redis.pipeline(transaction=False) as pipe:
             pipe.hgetall(self._keys.kinds)
             pipe.xinfo_groups(self._keys.calls)
@@ -1058,8 +1071,6 @@ class WorkerRuntime:
                 reads_audio = True
             if reads_audio:
                 kinds.append(kind)
-        self._audio_kinds = kinds
-        self._kinds_read_at = time.monotonic()
         return kinds
 
     async def _pending_ids(self) -> set[str]:

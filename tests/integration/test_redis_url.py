@@ -42,9 +42,12 @@ from callstream.bus.url import RedisTarget, parse_redis_url, redact
 from callstream.ingress.metrics import IngressMetrics
 from callstream.ingress.server import Gateway
 from callstream.localredis import server_args
+from callstream.shared.audio import chunk, is_silent
 from callstream.shared.errors import ConfigError
 from callstream.shared.settings import Settings
 from callstream.simulate import simulate
+from callstream.workers.echo import echo_factory
+from callstream.workers.runtime import WorkerRuntime
 from tests.helpers import free_port, until, wait_for_end, xrange
 
 USER = "alice"
@@ -591,3 +594,29 @@ async def http_get(url: str) -> tuple[int, str]:
             return exc.code, exc.read().decode()
 
     return await asyncio.to_thread(get)
+
+
+async def test_the_whole_pipeline_runs_as_the_url_s_user_in_the_url_s_database(
+    settings: Settings, acl_redis: AclRedis, admin: aioredis.Redis
+) -> None:
+    """Gateway (publisher, egress's reader, health check) and an echo replica (its shared
+    reader, writer and redis-py pool) all understand one unix:// URL with a user, a password
+    and a database: the caller hears its audio back, and every connection they made is the
+    URL's user in the URL's database."""
+    url = acl_redis.unix_url(3)
+    local = dataclasses.replace(settings, redis_url=url)
+    speech = b"\x10\x10" * 3200  # 10 loud frames
+    async with Gateway(local) as gateway, WorkerRuntime(local, "echo", echo_factory()):
+        [result] = await simulate(gateway.url, [speech], call_ids=["piped"], linger_s=1.0)
+        ours = [
+            c
+            for c in await admin.client_list()
+            if c["name"].startswith(("callstream-gateway", "callstream-worker"))
+        ]
+    assert result.completed, result.error or result.close_reason
+    played = [frame for frame in chunk(result.recording, 640) if not is_silent(frame)]
+    assert played == chunk(speech, 640)  # every frame came back, in order
+    names = {c["name"] for c in ours}
+    assert {PUBLISHER_CLIENT_NAME, "callstream-gateway-egress"} <= names
+    assert any(name.startswith("callstream-worker-echo-") for name in names)
+    assert {(c["user"], c["db"]) for c in ours} == {(USER, "3")}
