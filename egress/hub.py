@@ -1,9 +1,13 @@
 """The egress of one gateway process: out streams → paced ``AudioData`` on the call sockets.
 
 One reader task serves every attached call with a single ``XREAD BLOCK`` over all their out
-streams (one Redis connection, not one per call). Each call has a small task that sleeps until
-its :class:`~egress.playout.Playout` has something due and sends it, so a slow socket only ever
-delays its own call. Nothing else writes audio to a call's socket.
+streams (one Redis connection, not one per call). What it reads goes into each call's
+:class:`~egress.playout.Playout`, and what is due is sent at once; what is due later is sent by
+a timer callback of that call (``loop.call_at``). Nothing here waits on a socket: a
+:class:`Sink` queues a message on its socket without waiting, and says when its socket has too
+much queued already (a client that does not read): then that call's playback waits, and only
+that call's. No task per call, no wake-up of one per frame. Nothing else writes audio to a
+call's socket.
 
 Egress is the only reader of a call's out stream, and what it has read is in its playout
 buffer: about once a second it trims what it has read from Redis (``XTRIM … MINID``), so a
@@ -16,9 +20,9 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import TracebackType
+from typing import Protocol
 
 import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -35,7 +39,16 @@ from callstream.shared.settings import Settings
 
 log = logging.getLogger(__name__)
 
-Send = Callable[[str], Awaitable[None]]
+
+class Sink(Protocol):
+    """A call's socket, as egress writes to it."""
+
+    def ready(self) -> bool:
+        """Whether the socket takes more now (false while its write buffer is long)."""
+
+    def send(self, message: str) -> None:
+        """Queue a text message on the socket without waiting (dropped if it has closed)."""
+
 
 EGRESS_CLIENT_NAME = "callstream-gateway-egress"
 READ_BLOCK_MS = 100  # bound on how long a newly attached call waits to join the shared read
@@ -47,6 +60,7 @@ READ_COUNT = 200  # entries per stream per read
 MAX_BACKOFF_S = 2.0
 READ_TIMEOUT_S = READ_BLOCK_MS / 1000 + 5.0  # a read Redis has not answered by then failed
 TRIM_PERIOD_S = 1.0  # how often what egress has read is trimmed from the out streams
+CONGESTED_RETRY_S = FRAME_MS / 1000  # a socket that took no more is tried again this soon
 
 
 class EgressMetrics:
@@ -78,24 +92,24 @@ class EgressMetrics:
         )
         self.late = Histogram(
             "callstream_egress_wake_lateness_seconds",
-            "How late egress woke for a scheduled send (0 when new audio woke it first)",
+            "How late egress's timer fired for a scheduled send",
             buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25),
             registry=registry,
         )
         self.calls = Gauge("callstream_egress_calls", "Calls attached to egress", registry=registry)
 
 
-@dataclass
+@dataclass(eq=False)
 class _Call:
     call_id: str
     key: str
-    send: Send
+    sink: Sink
     playout: Playout
     last_id: str
-    wakeup: asyncio.Event = field(default_factory=asyncio.Event)
     trimmed_to: str = ""  # the out stream has nothing before this id any more
     marks: int = 0
-    task: asyncio.Task[None] | None = None
+    restarts: int = 0  # the playout's restarts already counted
+    timer: asyncio.TimerHandle | None = None
 
 
 class EgressHub:
@@ -118,6 +132,8 @@ class EgressHub:
         self._by_key: dict[bytes, _Call] = {}
         self._attached = asyncio.Event()
         self._reader: asyncio.Task[None] | None = None
+        self._publishing: set[asyncio.Task[None]] = set()  # marks on their way to Redis
+        self._loop = asyncio.get_running_loop()
         # Out streams are read on a connection of egress's own, its replies parsed by hiredis
         # (callstream.bus.reader); marks and trims go through ``redis``.
         self._xread = StreamReader(settings.redis_url, client_name=EGRESS_CLIENT_NAME)
@@ -147,21 +163,23 @@ class EgressHub:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reader
             self._reader = None
+        if self._publishing:
+            await asyncio.gather(*self._publishing, return_exceptions=True)
         await self._xread.aclose()
 
-    def attach(self, call_id: str, fmt: AudioFormat, send: Send, *, start_id: str) -> None:
-        """Start playing ``call_id``'s out stream, from entries after ``start_id``."""
+    def attach(self, call_id: str, fmt: AudioFormat, sink: Sink, *, start_id: str) -> None:
+        """Start playing ``call_id``'s out stream into ``sink``, from entries after
+        ``start_id``."""
         if call_id in self._calls:
             raise ValueError(f"call {call_id} is already attached to egress")
         key = self._keys.call_out(call_id)
         call = _Call(
             call_id=call_id,
             key=key,
-            send=send,
+            sink=sink,
             playout=Playout(fmt.frame_bytes, frame_s=FRAME_MS / 1000, lead_s=self._lead_s),
             last_id=start_id,
         )
-        call.task = asyncio.create_task(self._play(call), name=f"egress-{call_id}")
         self._calls[call_id] = call
         self._by_key[key.encode()] = call
         self._metrics.calls.set(len(self._calls))
@@ -169,16 +187,17 @@ class EgressHub:
 
     async def detach(self, call_id: str) -> None:
         """Stop reading and sending for ``call_id``; idempotent."""
+        self._drop(call_id)
+
+    def _drop(self, call_id: str) -> None:
         call = self._calls.pop(call_id, None)
         if call is None:
             return
         self._by_key.pop(call.key.encode(), None)
         self._metrics.calls.set(len(self._calls))
-        task = call.task
-        if task is not None and task is not asyncio.current_task():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        if call.timer is not None:
+            call.timer.cancel()
+            call.timer = None
 
     # ------------------------------------------------------------------ reading
 
@@ -226,7 +245,7 @@ class EgressHub:
                             call.last_id,
                             exc,
                         )
-                call.wakeup.set()
+                self._service(call)
             await asyncio.sleep(READ_INTERVAL_S)
 
     async def _trim(self) -> None:
@@ -249,44 +268,52 @@ class EgressHub:
 
     # ------------------------------------------------------------------ playing
 
-    async def _play(self, call: _Call) -> None:
-        loop = asyncio.get_running_loop()
-        playout = call.playout
-        restarts = 0
+    def _service(self, call: _Call) -> None:
+        """Send what is due now, and set the call's timer for what is due next."""
+        if call.timer is not None:
+            call.timer.cancel()
+            call.timer = None
+        now = self._loop.time()
         try:
-            while True:
-                now = loop.time()
-                actions = playout.due(now)
-                call.wakeup.clear()
-                for action in actions:
-                    if isinstance(action, SendFrame):
-                        await call.send(build_audio_data(action.pcm))
-                        self._metrics.frames.inc()
-                    elif isinstance(action, SendStop):
-                        await call.send(build_stop_audio())
-                        self._metrics.stops.inc()
-                    elif isinstance(action, MarkReached):
-                        await self._publish_mark(call, action.name)
-                if playout.restarts != restarts:
-                    self._metrics.restarts.inc(playout.restarts - restarts)
-                    restarts = playout.restarts
-                wake = playout.next_wakeup(loop.time())
-                if wake is None:
-                    await call.wakeup.wait()
-                    continue
-                handle = loop.call_at(wake, call.wakeup.set)
-                try:
-                    await call.wakeup.wait()
-                finally:
-                    handle.cancel()
-                # Woken by new audio: not late; by the timer: as late as the loop made us.
-                self._metrics.late.observe(max(0.0, loop.time() - wake))
-        except asyncio.CancelledError:
-            raise
+            if not call.sink.ready():
+                # Its client reads slower than real time: hold the audio (the schedule falls
+                # behind, and restarts when the socket drains), and look again soon.
+                call.timer = self._loop.call_at(
+                    now + CONGESTED_RETRY_S, self._on_timer, call, now + CONGESTED_RETRY_S
+                )
+                return
+            playout = call.playout
+            for action in playout.due(now):
+                if isinstance(action, SendFrame):
+                    call.sink.send(build_audio_data(action.pcm))
+                    self._metrics.frames.inc()
+                elif isinstance(action, SendStop):
+                    call.sink.send(build_stop_audio())
+                    self._metrics.stops.inc()
+                elif isinstance(action, MarkReached):
+                    self._spawn_mark(call, action.name)
+            if playout.restarts != call.restarts:
+                self._metrics.restarts.inc(playout.restarts - call.restarts)
+                call.restarts = playout.restarts
+            wake = playout.next_wakeup(now)
+            if wake is not None:
+                call.timer = self._loop.call_at(wake, self._on_timer, call, wake)
         except Exception as exc:  # a dead socket or anything else: this call only
             self._metrics.send_failures.inc()
             log.info("call %s: egress stopped: %s", call.call_id, exc)
-            await self.detach(call.call_id)
+            self._drop(call.call_id)
+
+    def _on_timer(self, call: _Call, due_s: float) -> None:
+        call.timer = None
+        if self._calls.get(call.call_id) is not call:
+            return  # detached meanwhile
+        self._metrics.late.observe(max(0.0, self._loop.time() - due_s))
+        self._service(call)
+
+    def _spawn_mark(self, call: _Call, name: str) -> None:
+        task = asyncio.create_task(self._publish_mark(call, name), name=f"mark-{call.call_id}")
+        self._publishing.add(task)
+        task.add_done_callback(self._publishing.discard)
 
     async def _publish_mark(self, call: _Call, name: str) -> None:
         event = Event(

@@ -27,7 +27,7 @@ from urllib.parse import parse_qs, urlsplit
 import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry, generate_latest
 from redis.exceptions import RedisError, ResponseError
-from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.asyncio.server import Server, ServerConnection, broadcast, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
@@ -69,6 +69,28 @@ HEALTH_TIMEOUT_S = 2.0
 HEALTH_KEY_TTL_MS = 5000  # the health check's key outlives a few checks, then goes
 SKIP_LOG_EVERY = 100  # log the first skipped message of a call, then every 100th
 LOOPBACK_NAMES = {"localhost", "ip6-localhost"}
+EGRESS_WRITE_LIMIT = 64 * 1024  # bytes queued on a call's socket (~1.4 s of audio) at most
+
+
+class SocketSink:
+    """Egress's way into a call's socket (:class:`~callstream.egress.hub.Sink`).
+
+    ``send`` uses websockets' ``broadcast``, which writes a message without awaiting (and
+    skips a connection that is closing); the back-pressure ``broadcast`` leaves out is
+    ``ready``: a socket with more than ``EGRESS_WRITE_LIMIT`` bytes not yet taken by the
+    kernel (a client that does not read) gets no more until it drains.
+    """
+
+    __slots__ = ("_connection",)
+
+    def __init__(self, connection: ServerConnection) -> None:
+        self._connection = connection
+
+    def ready(self) -> bool:
+        return self._connection.transport.get_write_buffer_size() <= EGRESS_WRITE_LIMIT
+
+    def send(self, message: str) -> None:
+        broadcast([self._connection], message)
 
 
 def is_loopback(host: str) -> bool:
@@ -473,7 +495,7 @@ class Gateway:
         self._egress.attach(
             call.call_id,
             metadata.format,
-            call.connection.send,
+            SocketSink(call.connection),
             start_id=f"{call.connected_ms}-0",
         )
         call.attached = True

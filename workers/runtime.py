@@ -97,7 +97,7 @@ log = logging.getLogger(__name__)
 
 READ_COUNT = 100  # entries per stream per read
 READ_BLOCK_MS = 100  # bound on how long a newly readable call waits to join the shared read
-READ_INTERVAL_S = 0.005  # the shared read runs at most this often: bigger batches, less CPU
+READ_INTERVAL_S = 0.01  # the shared read runs at most this often: bigger batches, less CPU
 MIN_TAKEOVER_IDLE_S = 1.0
 READ_TIMEOUT_MARGIN_S = 5.0  # a blocking read not answered this long after its BLOCK failed
 # redis-py's pool: the claim loop (blocked in XREADGROUP), the heartbeat and short pipelines
