@@ -148,7 +148,7 @@ async def serve(settings: Settings, kind: Kind, options: argparse.Namespace) -> 
     finally:
         if health is not None:
             health.close()
-    return 0
+    return 0 if runtime.failure is None else 1
 
 
 def _run(args: argparse.Namespace, settings: Settings) -> int:

@@ -35,7 +35,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, cast
@@ -247,6 +247,7 @@ class WorkerRuntime:
         self._idle.set()
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
+        self.failure: Exception | None = None  # what ended one of the runtime's loops
         self._redis_ok = False
         self._redis_error = "not connected yet"
         self._group_ok = False
@@ -323,7 +324,9 @@ class WorkerRuntime:
             ("reader", self._read_loop),
             ("heartbeat", self._heartbeat_loop),
         ):
-            self._tasks.append(asyncio.create_task(loop(), name=f"worker-{self._kind}-{name}"))
+            self._tasks.append(
+                asyncio.create_task(self._guard(name, loop), name=f"worker-{self._kind}-{name}")
+            )
         log.info(
             "worker %s (%s) serving up to %d calls", self._kind, self.consumer, self._max_calls
         )
@@ -398,6 +401,17 @@ class WorkerRuntime:
         await self._redis.hset(self._keys.kinds, self._kind, json.dumps(self._inputs.as_json()))
         self._group_ok = True
         self._redis_up()
+
+    async def _guard(self, name: str, loop: Callable[[], Awaitable[None]]) -> None:
+        """Run one of the runtime's loops; one that fails (a bug: they retry Redis errors
+        themselves) is logged and ends the runtime (``wait_closed``, ``failure``)."""
+        try:
+            await loop()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.exception("worker %s: its %s loop failed", self._kind, name)
+            self.failure = exc
 
     def _halted(self) -> bool:
         """Whether aclose has begun (checked after awaits: a cancellation can be lost)."""
