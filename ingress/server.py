@@ -150,6 +150,8 @@ class _Call:
     started: bool = False
     seq: int = 0
     skipped: int = 0
+    heard_at: float = 0.0  # monotonic: the last message received
+    closing: bool = False  # closed by the gateway (idle): not closed again
     failed: str | None = None  # why publishing failed, once it has
     in_key: str = ""  # cs:call:{id}:in, computed once
     frame_xadd: FrameXadd | None = None  # packs this call's frame XADDs
@@ -332,7 +334,26 @@ class Gateway:
     async def _health_loop(self) -> None:
         while True:
             await asyncio.sleep(HEALTH_PERIOD_S)
+            self._close_quiet_calls()
             await self._check_redis()
+
+    def _close_quiet_calls(self) -> None:
+        """ACS sends a frame every 20 ms for the whole call (silent ones flagged): a call that
+        has sent nothing for CS_INBOUND_IDLE_TIMEOUT_S since its AudioMetadata is dead or
+        hostile. Close it (1008), so that it holds neither a socket nor a slot."""
+        timeout_s = self._settings.inbound_idle_timeout_s
+        if timeout_s <= 0:
+            return
+        now = time.monotonic()
+        for call in list(self._calls.values()):
+            if not call.attached or call.closing or now - call.heard_at <= timeout_s:
+                continue
+            call.closing = True
+            self._metrics.rejects.labels("idle").inc()
+            log.warning(
+                "call %s: nothing received for %g s; closing with 1008", call.call_id, timeout_s
+            )
+            self._close(call, CLOSE_POLICY_VIOLATION, f"no message for {timeout_s:g} s")
 
     # ------------------------------------------------------------------ HTTP and upgrade
 
@@ -435,7 +456,7 @@ class Gateway:
         monotonic = time.monotonic
         try:
             async for message in connection:
-                received_at = monotonic()
+                received_at = call.heard_at = monotonic()
                 if isinstance(message, bytes):
                     error: ProtocolError = UnsupportedData(
                         f"expected text messages of JSON, got a binary message of "
@@ -492,6 +513,7 @@ class Gateway:
             call.metadata_timer.cancel()
             call.metadata_timer = None
         self._metrics.calls.inc()
+        call.heard_at = time.monotonic()
         self._egress.attach(
             call.call_id,
             metadata.format,
@@ -505,8 +527,8 @@ class Gateway:
             metadata.sample_rate,
             f", {call.mode}" if call.mode else "",
         )
-        if call.mode is not None:
-            self._publish_started(call)
+        # The call is published (and a worker may take it) at its first frame, not here: a
+        # socket that never sends audio holds no worker's capacity.
 
     def _publish_started(self, call: _Call) -> None:
         metadata = call.session.metadata
@@ -601,11 +623,8 @@ class Gateway:
         if call.attached:
             call.attached = False
             await self._egress.detach(call.call_id)
-        if call.session.metadata is None:
-            return  # never became a call: nothing was published
         if not call.started:
-            call.mode = call.mode or "mixed"
-            self._publish_started(call)
+            return  # it sent no audio and no tone: it never became a call, nothing was published
         now_ms = int(time.time() * 1000)
         publisher = self._publisher
         publisher.xadd(

@@ -38,6 +38,7 @@ class Settings:
     auth: AuthSettings = field(default_factory=AuthSettings)
     max_message_bytes: int = 64 * 1024
     metadata_timeout_s: float = 10.0  # a socket silent this long after its upgrade is closed
+    inbound_idle_timeout_s: float = 5.0  # a call that sends nothing this long is closed
     in_stream_maxlen: int = 30_000
     out_stream_maxlen: int = 30_000
     events_maxlen: int = 10_000
@@ -83,6 +84,9 @@ class Settings:
             auth=auth,
             max_message_bytes=_int(env, "CS_MAX_MESSAGE_BYTES", defaults.max_message_bytes),
             metadata_timeout_s=_float(env, "CS_METADATA_TIMEOUT_S", defaults.metadata_timeout_s),
+            inbound_idle_timeout_s=_float(
+                env, "CS_INBOUND_IDLE_TIMEOUT_S", defaults.inbound_idle_timeout_s
+            ),
             in_stream_maxlen=_int(env, "CS_IN_STREAM_MAXLEN", defaults.in_stream_maxlen),
             out_stream_maxlen=_int(env, "CS_OUT_STREAM_MAXLEN", defaults.out_stream_maxlen),
             events_maxlen=_int(env, "CS_EVENTS_MAXLEN", defaults.events_maxlen),

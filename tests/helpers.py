@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import cast
 
@@ -19,6 +22,7 @@ from callstream.localredis import server_args
 from callstream.shared.catalogue import spec_for
 from callstream.shared.entries import Fields, StreamEntries, XReadReply
 from callstream.shared.events import Event
+from callstream.shared.settings import Settings
 
 
 def example_event(call_id: str, event_type: str, key: str = "", **data: object) -> Event:
@@ -163,3 +167,76 @@ class RedisProcess:
             self.proc.kill()
             self.proc.wait()
             self.proc = None
+
+
+@contextlib.asynccontextmanager
+async def gateway_process(
+    settings: Settings, *args: str, env: dict[str, str] | None = None
+) -> AsyncIterator[str]:
+    """A ``callstream gateway`` process on a free port, ready; its ``ws://…/ws`` URL. Stopped
+    with SIGTERM at the end (it must exit 0)."""
+    port = free_port()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "callstream",
+        "gateway",
+        "--port",
+        str(port),
+        *args,
+        env={**os.environ, "REDIS_URL": settings.redis_url, "CS_PREFIX": settings.prefix}
+        | (env or {}),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    try:
+        assert proc.stdout is not None
+        async with asyncio.timeout(20):
+            assert b"listening on" in await proc.stdout.readline()
+        yield f"ws://127.0.0.1:{port}/ws"
+    finally:
+        await _stop(proc)
+
+
+@contextlib.asynccontextmanager
+async def worker_process(
+    settings: Settings, kind: str, *args: str, env: dict[str, str] | None = None
+) -> AsyncIterator[asyncio.subprocess.Process]:
+    """A ``callstream worker KIND`` process, serving (its group made). Stopped with SIGTERM at
+    the end (it must exit 0)."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "callstream",
+        "worker",
+        kind,
+        *args,
+        env={**os.environ, "REDIS_URL": settings.redis_url, "CS_PREFIX": settings.prefix}
+        | (env or {}),
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    drain: asyncio.Task[None] | None = None
+    try:
+        assert proc.stderr is not None
+        async with asyncio.timeout(30):
+            while b"serving up to" not in await proc.stderr.readline():
+                pass
+        drain = asyncio.create_task(_drain(proc.stderr))  # a full pipe would stall it
+        yield proc
+    finally:
+        await _stop(proc)
+        if drain is not None:
+            await drain
+
+
+async def _drain(stream: asyncio.StreamReader) -> None:
+    while await stream.readline():
+        pass
+
+
+async def _stop(proc: asyncio.subprocess.Process) -> None:
+    if proc.returncode is None:
+        proc.terminate()
+        async with asyncio.timeout(20):
+            assert await proc.wait() == 0

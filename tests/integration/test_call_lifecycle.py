@@ -17,6 +17,7 @@ from websockets.exceptions import ConnectionClosed
 
 from callstream.ingress.server import Gateway
 from callstream.shared.entries import CallEnded, CallStarted, InFrame, decode_call, decode_in
+from callstream.shared.protocols.acs import build_audio_data
 from callstream.shared.settings import Settings
 from callstream.simulate import metadata_message, simulate
 from tests.helpers import events, wait_for_end, wait_for_entry, xrange
@@ -104,6 +105,7 @@ async def test_without_any_id_one_is_generated(
     base = gateway.url.removesuffix("/ws")
     async with connect(base + "/ws?mode=unmixed") as conn:
         await conn.send(metadata_message(24000))
+        await conn.send(build_audio_data(bytes(960)))  # a call starts with its first frame
     fields = await wait_for_entry(redis, settings.keys.calls, lambda f: f[b"type"] == b"started", 5)
     started = decode_call(fields)
     assert isinstance(started, CallStarted)
@@ -118,6 +120,7 @@ async def test_closing_the_gateway_ends_its_calls_and_leaves_nothing_running(
     async with Gateway(settings) as gateway:
         conn = await connect(gateway.url + "/open-call?mode=mixed")
         await conn.send(metadata_message(16000))
+        await conn.send(build_audio_data(bytes(640)))
         await wait_for_entry(redis, settings.keys.calls, lambda f: f[b"type"] == b"started", 5)
     # The gateway closed the call with 1001 and published its end before stopping.
     with pytest.raises(ConnectionClosed):
