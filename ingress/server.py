@@ -57,7 +57,7 @@ from callstream.shared.errors import (
     UnsupportedData,
 )
 from callstream.shared.events import CALL_ENDED, CALL_STARTED, DTMF, Event, parse_iso_ms
-from callstream.shared.keys import validate_call_id
+from callstream.shared.keys import incarnation_id, validate_call_id
 from callstream.shared.protocols.acs import AudioData, AudioMetadata, DtmfData, InboundSession
 from callstream.shared.resp import FrameXadd
 from callstream.shared.settings import Settings
@@ -69,6 +69,26 @@ HEALTH_TIMEOUT_S = 2.0
 HEALTH_KEY_TTL_MS = 5000  # the health check's key outlives a few checks, then goes
 SKIP_LOG_EVERY = 100  # log the first skipped message of a call, then every 100th
 LOOPBACK_NAMES = {"localhost", "ip6-localhost"}
+# Leases of call ids (Lua: each compares the value first, so a gateway only renews or frees
+# what is still its own). KEYS: lease keys; ARGV: their values, then the lease in ms. Returns
+# the (1-based) positions of the leases found lost.
+RENEW_LEASES = """
+local lost = {}
+local ttl = ARGV[#KEYS + 1]
+for i, key in ipairs(KEYS) do
+  if redis.call('GET', key) == ARGV[i] then
+    redis.call('PEXPIRE', key, ttl)
+  else
+    table.insert(lost, i)
+  end
+end
+return lost
+"""
+RELEASE_LEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+PENDING_LEASE_S = 10.0  # an upgrade whose handshake has not completed by then never will
 EGRESS_WRITE_LIMIT = 64 * 1024  # bytes queued on a call's socket (~1.4 s of audio) at most
 
 
@@ -140,7 +160,9 @@ def route(request: Request) -> Route:
 class _Call:
     """State of one connected call."""
 
-    call_id: str
+    call_id: str  # what it is published under: the route's id, or id~n for a reused one
+    route_id: str  # the id the platform used (its lease's key)
+    lease: str  # the lease's value: this connection's
     connection: ServerConnection
     mode: Mode | None
     connected_ms: int
@@ -188,7 +210,14 @@ class Gateway:
         self._validator = TokenValidator(settings.auth) if settings.auth.enabled else None
         self._instance = f"{uuid.uuid4().hex[:8]}"
         self._health_key = f"{settings.prefix}:gateway:{self._instance}:health"
-        self._calls: dict[str, _Call] = {}
+        self._calls: dict[str, _Call] = {}  # by the id each is published under
+        self._routes: dict[str, _Call] = {}  # by the id the platform used
+        # Leases taken at the upgrade, for the connection's handler (its route, the lease's
+        # value, the incarnation, when), and the route ids they hold. One whose handshake
+        # never completed goes stale after PENDING_LEASE_S.
+        self._pending: dict[ServerConnection, tuple[Route, str, int, float]] = {}
+        self._pending_ids: dict[str, ServerConnection] = {}
+        self._lease_renewed_at = 0.0
         self._closers: set[asyncio.Task[None]] = set()
         # Why calls cannot be published now ("" when they can): the last health check's
         # failure, or a failure for every call the publisher reported since.
@@ -239,6 +268,8 @@ class Gateway:
             self._egress = await self._stack.enter_async_context(
                 EgressHub(self._redis, self._settings, registry=self.registry)
             )
+            self._renew_script = self._redis.register_script(RENEW_LEASES)
+            self._release_script = self._redis.register_script(RELEASE_LEASE)
             await self._check_redis()
             self._health = asyncio.create_task(self._health_loop(), name="gateway-health")
             self._server = await serve(
@@ -335,7 +366,59 @@ class Gateway:
         while True:
             await asyncio.sleep(HEALTH_PERIOD_S)
             self._close_quiet_calls()
+            self._forget_stale_upgrades()
             await self._check_redis()
+            if time.monotonic() - self._lease_renewed_at >= self._settings.call_lease_s / 3:
+                await self._renew_leases()
+
+    async def _renew_leases(self) -> None:
+        """Keep this gateway's call ids taken (three renewals a lease). A lease found lost —
+        this process stalled longer than CS_CALL_LEASE_S and another connection took the id —
+        closes its call: one live connection per id, fleet-wide."""
+        assert self._redis is not None
+        self._lease_renewed_at = time.monotonic()
+        calls = list(self._calls.values())
+        if not calls:
+            return
+        try:
+            async with asyncio.timeout(HEALTH_TIMEOUT_S):
+                lost = await self._renew_script(
+                    keys=[self._keys.lease(c.route_id) for c in calls],
+                    args=[*(c.lease for c in calls), int(self._settings.call_lease_s * 1000)],
+                )
+        except (RedisError, OSError) as exc:
+            log.warning("could not renew the calls' leases: %s", _reply_text(exc))
+            return
+        for index in lost:
+            call = calls[int(index) - 1]
+            if call.closing:
+                continue
+            call.closing = True
+            self._metrics.rejects.labels("lease_lost").inc()
+            log.error("call %s: its id was taken by another connection; closing", call.call_id)
+            self._close(call, CLOSE_POLICY_VIOLATION, "call id taken by another connection")
+
+    async def _release_lease(self, call: _Call) -> None:
+        """Free the call id at the call's end (if it is still ours): the id may be used again
+        (as a new call, ``id~n``). If Redis cannot be reached the lease expires by itself."""
+        assert self._redis is not None
+        try:
+            async with asyncio.timeout(HEALTH_TIMEOUT_S):
+                await self._release_script(
+                    keys=[self._keys.lease(call.route_id)], args=[call.lease]
+                )
+        except (RedisError, OSError) as exc:
+            log.warning("call %s: could not release its lease: %s", call.call_id, _reply_text(exc))
+
+    def _forget_stale_upgrades(self) -> None:
+        """Leases taken for upgrades whose handshake never completed (their leases in Redis
+        expire by themselves)."""
+        now = time.monotonic()
+        for connection, (target, *_, since) in list(self._pending.items()):
+            if now - since > PENDING_LEASE_S:
+                del self._pending[connection]
+                if self._pending_ids.get(target.call_id) is connection:
+                    del self._pending_ids[target.call_id]
 
     def _close_quiet_calls(self) -> None:
         """ACS sends a frame every 20 ms for the whole call (silent ones flagged): a call that
@@ -394,11 +477,13 @@ class Gateway:
                 self._metrics.rejects.labels("unauthenticated").inc()
                 log.warning("refused upgrade for call %s: %s", target.call_id, exc)
                 return _unauthorized(connection, str(exc))
-        if target.call_id in self._calls:
-            self._metrics.rejects.labels("duplicate_call").inc()
-            return connection.respond(
-                HTTPStatus.CONFLICT, f"call {target.call_id} is already connected here\n"
-            )
+        waiting = self._pending_ids.get(target.call_id)
+        if waiting is not None and time.monotonic() - self._pending[waiting][3] > PENDING_LEASE_S:
+            del self._pending[waiting]  # its handshake never completed
+            del self._pending_ids[target.call_id]
+            waiting = None
+        if target.call_id in self._routes or waiting is not None:
+            return self._duplicate(connection, target.call_id)
         if self._bus_error:  # the call could not be published: say so before it starts
             self._metrics.rejects.labels("bus_unavailable").inc()
             return connection.respond(
@@ -408,7 +493,43 @@ class Gateway:
             self._metrics.rejects.labels("overloaded").inc()
             log.warning("refused call %s: %s", target.call_id, overload)
             return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, f"{overload}\n")
+        try:
+            lease = await self._take_lease(target.call_id)
+        except (RedisError, OSError) as exc:
+            self._metrics.rejects.labels("bus_unavailable").inc()
+            return connection.respond(
+                HTTPStatus.SERVICE_UNAVAILABLE, f"event bus unavailable: {_reply_text(exc)}\n"
+            )
+        if lease is None:
+            return self._duplicate(connection, target.call_id)
+        self._pending[connection] = (target, *lease, time.monotonic())
+        self._pending_ids[target.call_id] = connection
         return None
+
+    def _duplicate(self, connection: ServerConnection, call_id: str) -> Response:
+        self._metrics.rejects.labels("duplicate_call").inc()
+        log.warning("refused call %s: it is connected already", call_id)
+        return connection.respond(
+            HTTPStatus.CONFLICT,
+            f"call {call_id} is already connected (to this or another gateway)\n",
+        )
+
+    async def _take_lease(self, call_id: str) -> tuple[str, int] | None:
+        """Hold ``call_id`` for this connection, fleet-wide: (lease value, incarnation), or None
+        when a live connection holds it (on any gateway). The n-th connection to use the id
+        is its incarnation n (``call_id~n``): a new call, whose consumers never see the
+        entries of the one that used the id before."""
+        assert self._redis is not None
+        value = f"{self._instance}:{uuid.uuid4().hex}"
+        lease_ms = int(self._settings.call_lease_s * 1000)
+        if not await self._redis.set(self._keys.lease(call_id), value, nx=True, px=lease_ms):
+            return None
+        counter = self._keys.incarnations(call_id)
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.incr(counter)
+            pipe.expire(counter, self._settings.calls_retention_s)
+            incarnation, _ = await pipe.execute()
+        return value, int(incarnation)
 
     def _overloaded(self) -> str:
         """Why the gateway takes no new call now ("" when it does): too much is waiting for
@@ -425,16 +546,26 @@ class Gateway:
     # ------------------------------------------------------------------ one call
 
     async def _handle(self, connection: ServerConnection) -> None:
-        assert connection.request is not None
-        target = route(connection.request)
-        if target.call_id in self._calls:  # raced another upgrade for the same id
+        pending = self._pending.pop(connection, None)
+        if pending is None:  # its lease went stale before the handshake completed
             self._metrics.rejects.labels("duplicate_call").inc()
-            await connection.close(1008, f"call {target.call_id} is already connected here")
+            await connection.close(1008, "the upgrade took too long; connect again")
             return
-        call = _Call(target.call_id, connection, target.mode, int(time.time() * 1000))
+        target, value, incarnation, _ = pending
+        if self._pending_ids.get(target.call_id) is connection:
+            del self._pending_ids[target.call_id]
+        call = _Call(
+            incarnation_id(target.call_id, incarnation),
+            target.call_id,
+            value,
+            connection,
+            target.mode,
+            int(time.time() * 1000),
+        )
         call.in_key = self._keys.call_in(call.call_id)
         call.frame_xadd = FrameXadd(call.in_key, self._settings.in_stream_maxlen)
         self._calls[call.call_id] = call
+        self._routes[call.route_id] = call
         self._metrics.connections.inc()
         if self._settings.metadata_timeout_s > 0:
             call.metadata_timer = asyncio.get_running_loop().call_later(
@@ -449,6 +580,8 @@ class Gateway:
             self._metrics.connections.dec()
             await self._end(call, reason)
             del self._calls[call.call_id]
+            del self._routes[call.route_id]
+            await self._release_lease(call)
 
     async def _receive(self, call: _Call) -> str:
         """Read the call's messages until the socket closes; returns why it ended."""
@@ -676,11 +809,12 @@ class Gateway:
         closer.add_done_callback(self._closers.discard)
 
 
-def _reply_text(exc: RedisError) -> str:
+def _reply_text(exc: RedisError | OSError) -> str:
     """An error reply as Redis wrote it (redis-py moves the leading code, e.g. ``OOM``, out of
-    the message of the exceptions it maps it to)."""
-    code = exc.status_code
-    return f"{code} {exc}" if code else str(exc)
+    the message of the exceptions it maps it to); a connection error as it says."""
+    code = getattr(exc, "status_code", None)
+    text = str(exc) or type(exc).__name__
+    return f"{code} {text}" if code else text
 
 
 def _unauthorized(connection: ServerConnection, message: str) -> Response:

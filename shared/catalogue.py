@@ -93,7 +93,7 @@ _DONE = re.compile(f"({KIND_PATTERN[1:-1]}){re.escape(DONE_SUFFIX)}")
 DTMF_TONES = tuple("0123456789*#ABCD")
 
 # The call id as shared/keys.py validates it; every event id starts with it.
-_CALL_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
+_CALL_ID_PATTERN = r"^[A-Za-z0-9](?:[A-Za-z0-9_-]|\.(?!\.)){0,127}(~[0-9]+)?$"
 # Event.to_json's time: ISO-8601 UTC with milliseconds and "Z" (shared.events.iso_time).
 _TIME_PATTERN = (
     r"^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])"

@@ -169,12 +169,10 @@ class RedisProcess:
             self.proc = None
 
 
-@contextlib.asynccontextmanager
-async def gateway_process(
-    settings: Settings, *args: str, env: dict[str, str] | None = None
-) -> AsyncIterator[str]:
-    """A ``callstream gateway`` process on a free port, ready; its ``ws://…/ws`` URL. Stopped
-    with SIGTERM at the end (it must exit 0)."""
+async def start_gateway(
+    settings: Settings, env: dict[str, str] | None = None, *args: str
+) -> tuple[asyncio.subprocess.Process, str]:
+    """A ``callstream gateway`` process on a free port, ready, and its ``ws://…/ws`` URL."""
     port = free_port()
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -193,7 +191,22 @@ async def gateway_process(
         assert proc.stdout is not None
         async with asyncio.timeout(20):
             assert b"listening on" in await proc.stdout.readline()
-        yield f"ws://127.0.0.1:{port}/ws"
+    except BaseException:
+        proc.kill()
+        await proc.wait()
+        raise
+    return proc, f"ws://127.0.0.1:{port}/ws"
+
+
+@contextlib.asynccontextmanager
+async def gateway_process(
+    settings: Settings, *args: str, env: dict[str, str] | None = None
+) -> AsyncIterator[str]:
+    """A ``callstream gateway`` process (:func:`start_gateway`); its URL. Stopped with
+    SIGTERM at the end (it must exit 0)."""
+    proc, url = await start_gateway(settings, env, *args)
+    try:
+        yield url
     finally:
         await _stop(proc)
 

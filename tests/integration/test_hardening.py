@@ -4,11 +4,13 @@ with real processes, real sockets and a real Redis, next to a good call that mus
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import time
 import urllib.request
 
 import redis.asyncio as aioredis
 from websockets.asyncio.client import connect
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.protocol import State
 
 from callstream.demo import synth_talker
@@ -16,7 +18,15 @@ from callstream.shared.audio import chunk, is_silent
 from callstream.shared.entries import decode_call
 from callstream.shared.settings import Settings
 from callstream.simulate import metadata_message, simulate
-from tests.helpers import gateway_process, worker_process, xrange
+from tests.helpers import (
+    gateway_process,
+    start_gateway,
+    until,
+    wait_for_entry,
+    wait_for_event,
+    worker_process,
+    xrange,
+)
 
 
 def speech_frames(pcm: bytes) -> list[bytes]:
@@ -32,9 +42,9 @@ async def test_sockets_that_send_nothing_hold_no_worker_and_are_closed(
     settings: Settings, redis: aioredis.Redis
 ) -> None:
     """20 sockets send AudioMetadata and then nothing, against an echo replica of 5 slots: a
-    good call is echoed at once (they never became calls, so they took no slot), and each of
-    them is closed with 1008 after CS_INBOUND_IDLE_TIMEOUT_S (4 s, after the good call), counted
-as `idle`."""
+        good call is echoed at once (they never became calls, so they took no slot), and each of
+        them is closed with 1008 after CS_INBOUND_IDLE_TIMEOUT_S (4 s, after the good call), counted
+    as `idle`."""
     async with (
         gateway_process(settings, env={"CS_INBOUND_IDLE_TIMEOUT_S": "4"}) as url,
         worker_process(settings, "echo", "--max-calls", "5"),
@@ -59,3 +69,91 @@ as `idle`."""
         assert 'callstream_ingress_rejects_total{reason="idle"} 20.0' in await metrics(url)
     calls = [decode_call(fields).call_id for _, fields in await xrange(redis, settings.keys.calls)]
     assert set(calls) == {"good"}  # the idle sockets were never published as calls
+
+
+# ------------------------------------------------------------------ call identity
+
+
+async def refused_status(url: str) -> int | None:
+    """The HTTP status an upgrade to ``url`` is refused with (None: it was accepted)."""
+    try:
+        async with connect(url):
+            return None
+    except InvalidStatus as exc:
+        return exc.response.status_code
+
+
+async def test_a_live_call_id_is_refused_on_every_gateway(
+    settings: Settings, redis: aioredis.Redis
+) -> None:
+    """A victim streams on gateway 1; an intruder asks for the same call id on gateway 2 (the
+    same Redis): 409, counted; the victim's call goes on and is echoed whole."""
+    talker = synth_talker(16000, 3.0, (0.1, 2.8), 160.0, seed=11)
+    async with (
+        gateway_process(settings) as one,
+        gateway_process(settings) as two,
+        worker_process(settings, "echo"),
+    ):
+        victim = asyncio.create_task(simulate(one, [talker], call_ids=["victim-1"], linger_s=1.0))
+        await wait_for_entry(redis, settings.keys.calls, lambda f: f[b"type"] == b"started", 10)
+        assert await refused_status(f"{two}/victim-1?mode=mixed") == 409
+        assert await refused_status(f"{one}/victim-1?mode=mixed") == 409  # and on its own
+        [result] = await victim
+        assert 'callstream_ingress_rejects_total{reason="duplicate_call"} 1.0' in await metrics(two)
+    assert result.completed
+    assert speech_frames(result.recording) == speech_frames(talker)
+
+
+async def test_a_reused_call_id_is_a_new_call_that_hears_nothing_of_the_old_one(
+    settings: Settings, redis: aioredis.Redis
+) -> None:
+    """A call with id reuse-A runs to its end; a second call with the same id and another
+    voice is a new call, reuse-A~2: its caller hears its own echo, exactly, and nothing of
+    the first call's audio."""
+    first = synth_talker(16000, 2.0, (0.1, 1.8), 120.0, seed=1)
+    second = synth_talker(16000, 2.0, (0.1, 1.8), 230.0, seed=2)
+    async with gateway_process(settings) as url, worker_process(settings, "echo"):
+        [one] = await simulate(url, [first], call_ids=["reuse-A"], linger_s=1.0)
+        [two] = await simulate(url, [second], call_ids=["reuse-A"], linger_s=1.0)
+    assert speech_frames(one.recording) == speech_frames(first)
+    assert speech_frames(two.recording) == speech_frames(second)  # none of the first's
+    calls = [decode_call(fields) for _, fields in await xrange(redis, settings.keys.calls)]
+    assert [(c.call_id, type(c).__name__) for c in calls] == [
+        ("reuse-A", "CallStarted"),
+        ("reuse-A", "CallEnded"),
+        ("reuse-A~2", "CallStarted"),
+        ("reuse-A~2", "CallEnded"),
+    ]
+    started = await wait_for_event(
+        redis, settings.keys.call_events("reuse-A~2"), "call.started", timeout_s=5
+    )
+    assert started.call_id == "reuse-A~2"
+
+
+async def test_the_id_of_a_gateway_that_died_is_free_again_after_its_lease(
+    settings: Settings, redis: aioredis.Redis
+) -> None:
+    """Gateway 1 is killed (-9) mid-call: it cannot release the call's id, so gateway 2
+    refuses it until the lease (CS_CALL_LEASE_S, 2 s here) runs out, then takes it as a new
+    call."""
+    env = {"CS_CALL_LEASE_S": "2"}
+    talker = synth_talker(16000, 20.0, (0.1, 19.0), 160.0, seed=3)
+    async with gateway_process(settings, env=env) as two:
+        proc, one = await start_gateway(settings, env)
+        victim = asyncio.create_task(simulate(one, [talker], call_ids=["orphaned"]))
+        try:
+            await wait_for_entry(redis, settings.keys.calls, lambda f: f[b"type"] == b"started", 10)
+            proc.kill()
+            await proc.wait()
+            killed_at = time.monotonic()
+            assert await refused_status(f"{two}/orphaned?mode=mixed") == 409
+
+            async def accepted() -> bool:
+                return await refused_status(f"{two}/orphaned?mode=mixed") is None
+
+            await until(accepted, timeout_s=10)
+            assert time.monotonic() - killed_at < 2 + 3  # the lease, and a renewal's slack
+        finally:
+            victim.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await victim

@@ -8,7 +8,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from callstream.shared.audio import AudioFormat, chunk, frame_bytes_for, is_silent, mix, rms_dbfs
-from callstream.shared.keys import validate_call_id
+from callstream.shared.errors import InvalidCallId
+from callstream.shared.keys import incarnation_id, validate_call_id
 
 
 def pcm(*samples: int) -> bytes:
@@ -46,11 +47,22 @@ def test_silence_detection() -> None:
     assert rms_dbfs(pcm(*([32767, -32767] * 160))) == pytest.approx(0.0, abs=0.01)
 
 
-@pytest.mark.parametrize("bad", ["", "a b", "x" * 129, "id/with/slash", "ünï"])
+@pytest.mark.parametrize(
+    "bad",
+    ["", "a b", "x" * 129, "id/with/slash", "ünï", "a:b", "a..b", "..", ".a", "-a", "a~2", "a*"],
+)
 def test_call_ids_are_validated(bad: str) -> None:
-    with pytest.raises(ValueError, match="call id must be"):
+    """Nothing that means something in a key name: ':' separates its parts, '..' and a
+    leading dot or dash invite confusion, '~' marks an incarnation, '*' is a pattern."""
+    with pytest.raises(InvalidCallId, match="call id must be"):
         validate_call_id(bad)
 
 
 def test_good_call_ids_pass() -> None:
-    assert validate_call_id("8f2c-aa:1_x.y") == "8f2c-aa:1_x.y"
+    for good in ("8f2c-aa_1.x.y", "421f0b00-5c3e-4b8a-9a39-0b7f3e2c8d11", "A", "x" * 128):
+        assert validate_call_id(good) == good
+
+
+def test_a_reused_id_is_published_under_its_incarnation() -> None:
+    assert incarnation_id("call-1", 1) == "call-1"
+    assert incarnation_id("call-1", 3) == "call-1~3"

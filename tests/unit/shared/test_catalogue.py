@@ -374,7 +374,7 @@ def test_the_codecs_tones_are_the_catalogues() -> None:
 
 @given(
     time_ms=st.integers(0, 253_402_300_799_999),  # to the end of year 9999
-    call_id=st.from_regex(r"\A[A-Za-z0-9._:-]{1,100}\Z"),
+    call_id=st.from_regex(r"\A[A-Za-z0-9][A-Za-z0-9_-]{0,99}(~[0-9]{1,3})?\Z"),
     seq=st.integers(0, 2**40),
     tone=st.sampled_from(DTMF_TONES),
     participant=st.text(max_size=40),
