@@ -21,6 +21,10 @@ from callstream.shared.settings import AuthSettings
 
 ALGORITHMS = ["RS256"]
 JWKS_CACHE_S = 3600
+# A token naming a key the JWKS does not hold makes PyJWT fetch the JWKS again, at most once in
+# this many seconds (PyJWT >= 2.14): tokens with made-up key ids cannot make the gateway hammer
+# the key server, nor queue a valid caller behind their fetches.
+JWKS_REFETCH_COOLDOWN_S = 30.0
 
 
 class TokenValidator:
@@ -35,7 +39,11 @@ class TokenValidator:
         self._keys: dict[str, jwt.PyJWK] = {}
         if settings.jwks_url:
             self._client = jwt.PyJWKClient(
-                settings.jwks_url, cache_keys=True, lifespan=JWKS_CACHE_S, timeout=10
+                settings.jwks_url,
+                cache_keys=True,
+                lifespan=JWKS_CACHE_S,
+                timeout=10,
+                cooldown_duration=JWKS_REFETCH_COOLDOWN_S,
             )
         elif settings.jwks_file:
             self._keys = _load_jwks_file(settings.jwks_file)

@@ -11,6 +11,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -413,3 +414,52 @@ async def test_an_overloaded_gateway_refuses_new_calls_and_keeps_its_calls(
         assert rejects == 1
     stored = [e for e in await xrange(redis, settings.keys.call_in("steady"))]
     assert sum(fields[b"kind"] == b"audio" for _, fields in stored) == result.frames_sent
+
+
+async def test_tokens_with_made_up_key_ids_do_not_make_the_gateway_hammer_the_key_server(
+    settings: Settings, signing_key: rsa.RSAPrivateKey
+) -> None:
+    """40 upgrades with tokens naming key ids the JWKS does not hold, against a key server that
+    takes 2 s to answer: all refused 401 with at most two fetches of the JWKS (the first, and
+    one refresh: PyJWT cools refetches down), and a valid caller is let in after them."""
+    body = json.dumps(jwks(signing_key)).encode()
+    fetches: list[float] = []
+
+    class Slow(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            fetches.append(time.monotonic())
+            time.sleep(2)
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Slow)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        auth = AuthSettings(
+            jwks_url=f"http://127.0.0.1:{server.server_address[1]}/calling/keys",
+            issuer=ISSUER,
+            audience=AUDIENCE,
+        )
+        async with Gateway(dataclasses.replace(settings, auth=auth)) as gateway:
+            made_up = [f"Bearer {token(signing_key, kid=uuid.uuid4().hex)}" for _ in range(40)]
+            statuses = await asyncio.gather(
+                *(refused_status(gateway.url, header) for header in made_up)
+            )
+            assert statuses == [401] * 40
+            assert len(fetches) <= 2
+            [result] = await simulate(
+                gateway.url,
+                [b"\x10\x00" * 8000],
+                linger_s=0.2,
+                headers={"Authorization": f"Bearer {token(signing_key)}"},
+            )
+            assert result.completed, result.error
+    finally:
+        server.shutdown()
+        thread.join()
