@@ -8,10 +8,17 @@ import logging
 import signal
 from typing import Any
 
+from callstream.health import HealthServer
 from callstream.ingress.server import Gateway
+from callstream.shared.errors import ConfigError
 from callstream.shared.settings import Settings
 
 log = logging.getLogger(__name__)
+
+AUTH_OFF = (
+    "authentication is OFF: anyone who reaches this port can stream a call "
+    "(set CS_AUTH_JWKS_URL or CS_AUTH_JWKS_FILE, CS_AUTH_ISSUER and CS_AUTH_AUDIENCE)"
+)
 
 
 async def serve(settings: Settings, args: argparse.Namespace) -> int:
@@ -24,10 +31,28 @@ async def serve(settings: Settings, args: argparse.Namespace) -> int:
         host=args.host,
         port=args.port,
         allow_unauthenticated=args.allow_unauthenticated,
+        metrics_on_call_port=args.metrics_port is None,
     ) as gateway:
-        print(f"callstream gateway listening on {gateway.url}", flush=True)
-        await stop.wait()
-        log.info("stopping: closing calls with 1001")
+        health = None
+        if args.metrics_port is not None:
+            try:
+                health = HealthServer(
+                    args.metrics_host, args.metrics_port, gateway.registry, gateway.readiness
+                )
+            except OSError as exc:
+                raise ConfigError(
+                    f"cannot serve metrics on port {args.metrics_port}: {exc}"
+                ) from None
+        auth = "token validation on" if settings.auth.enabled else AUTH_OFF
+        if not settings.auth.enabled:
+            log.warning("%s", AUTH_OFF)
+        print(f"callstream gateway listening on {gateway.url} ({auth})", flush=True)
+        try:
+            await stop.wait()
+            log.info("stopping: closing calls with 1001")
+        finally:
+            if health is not None:
+                health.close()
     return 0
 
 
@@ -40,7 +65,7 @@ def register(subparsers: Any) -> None:
         "gateway",
         help="the ACS-compatible WebSocket endpoint (ingress + egress)",
         description="Serve ACS audio streaming on /ws and /ws/{call_id}; /healthz, /readyz and "
-        "/metrics on the same port.",
+        "/metrics on the same port, or on --metrics-port.",
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8080, help="port (default 8080)")
@@ -48,5 +73,17 @@ def register(subparsers: Any) -> None:
         "--allow-unauthenticated",
         action="store_true",
         help="accept calls without a bearer token on a non-loopback address",
+    )
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        help="serve /metrics, /healthz and /readyz on this port instead of the call port "
+        "(which then answers /metrics with 404: keep the metrics off a public address)",
+    )
+    parser.add_argument(
+        "--metrics-host",
+        default="127.0.0.1",
+        help="address of the metrics port (default 127.0.0.1)",
     )
     parser.set_defaults(run=_run)

@@ -191,13 +191,18 @@ class Gateway:
         port: int = 0,
         allow_unauthenticated: bool = False,
         registry: CollectorRegistry | None = None,
+        metrics_on_call_port: bool = True,
     ) -> None:
+        """``metrics_on_call_port``: serve ``/metrics`` on the call port (False: the operator
+        serves it elsewhere, :class:`~callstream.health.HealthServer`, and the call port
+        answers 404)."""
         if not settings.auth.enabled and not allow_unauthenticated and not is_loopback(host):
             raise ConfigError(
                 f"refusing to listen on {host} without authentication: configure token "
                 "validation (CS_AUTH_JWKS_URL or CS_AUTH_JWKS_FILE, CS_AUTH_ISSUER, "
                 "CS_AUTH_AUDIENCE) or pass --allow-unauthenticated"
             )
+        self._metrics_on_call_port = metrics_on_call_port
         self._settings = settings
         self._redis_target = parse_redis_url(
             settings.redis_url, connect_timeout_s=CONNECT_TIMEOUT_S
@@ -440,6 +445,14 @@ class Gateway:
 
     # ------------------------------------------------------------------ HTTP and upgrade
 
+    def readiness(self) -> tuple[bool, str]:
+        """(ready, why not): Redis takes writes and the gateway is not overloaded."""
+        if self._bus_error:
+            return False, f"Redis unavailable: {self._bus_error}"
+        if overload := self._overloaded():
+            return False, overload
+        return True, "ready"
+
     async def _process_request(
         self, connection: ServerConnection, request: Request
     ) -> Response | None:
@@ -447,14 +460,10 @@ class Gateway:
         if path == "/healthz":
             return connection.respond(HTTPStatus.OK, "ok\n")
         if path == "/readyz":
-            if self._bus_error:
-                return connection.respond(
-                    HTTPStatus.SERVICE_UNAVAILABLE, f"Redis unavailable: {self._bus_error}\n"
-                )
-            if overload := self._overloaded():
-                return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, f"{overload}\n")
-            return connection.respond(HTTPStatus.OK, "ready\n")
-        if path == "/metrics":
+            ready, why = self.readiness()
+            status = HTTPStatus.OK if ready else HTTPStatus.SERVICE_UNAVAILABLE
+            return connection.respond(status, f"{why}\n")
+        if path == "/metrics" and self._metrics_on_call_port:
             response = connection.respond(HTTPStatus.OK, generate_latest(self.registry).decode())
             response.headers["Content-Type"] = "text/plain; version=0.0.4; charset=utf-8"
             return response

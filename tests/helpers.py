@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import cast
 
@@ -169,10 +170,17 @@ class RedisProcess:
             self.proc = None
 
 
+@dataclass
+class GatewayProcess:
+    proc: asyncio.subprocess.Process
+    url: str  # ws://…/ws
+    banner: str  # the line it printed when it began listening
+
+
 async def start_gateway(
     settings: Settings, env: dict[str, str] | None = None, *args: str
-) -> tuple[asyncio.subprocess.Process, str]:
-    """A ``callstream gateway`` process on a free port, ready, and its ``ws://…/ws`` URL."""
+) -> GatewayProcess:
+    """A ``callstream gateway`` process on a free port, ready."""
     port = free_port()
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -190,12 +198,13 @@ async def start_gateway(
     try:
         assert proc.stdout is not None
         async with asyncio.timeout(20):
-            assert b"listening on" in await proc.stdout.readline()
+            banner = (await proc.stdout.readline()).decode()
+        assert "listening on" in banner, banner
     except BaseException:
         proc.kill()
         await proc.wait()
         raise
-    return proc, f"ws://127.0.0.1:{port}/ws"
+    return GatewayProcess(proc, f"ws://127.0.0.1:{port}/ws", banner)
 
 
 @contextlib.asynccontextmanager
@@ -204,11 +213,11 @@ async def gateway_process(
 ) -> AsyncIterator[str]:
     """A ``callstream gateway`` process (:func:`start_gateway`); its URL. Stopped with
     SIGTERM at the end (it must exit 0)."""
-    proc, url = await start_gateway(settings, env, *args)
+    gateway = await start_gateway(settings, env, *args)
     try:
-        yield url
+        yield gateway.url
     finally:
-        await _stop(proc)
+        await stop_process(gateway.proc)
 
 
 @contextlib.asynccontextmanager
@@ -238,7 +247,7 @@ async def worker_process(
         drain = asyncio.create_task(_drain(proc.stderr))  # a full pipe would stall it
         yield proc
     finally:
-        await _stop(proc)
+        await stop_process(proc)
         if drain is not None:
             await drain
 
@@ -248,7 +257,8 @@ async def _drain(stream: asyncio.StreamReader) -> None:
         pass
 
 
-async def _stop(proc: asyncio.subprocess.Process) -> None:
+async def stop_process(proc: asyncio.subprocess.Process) -> None:
+    """SIGTERM, and it must exit 0 (within 20 s)."""
     if proc.returncode is None:
         proc.terminate()
         async with asyncio.timeout(20):

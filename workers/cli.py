@@ -17,10 +17,10 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
+from callstream.health import HealthServer
 from callstream.shared.errors import ConfigError
 from callstream.shared.settings import Settings
 from callstream.workers.api import Kind
-from callstream.workers.health import HealthServer
 from callstream.workers.runtime import WorkerRuntime
 
 log = logging.getLogger(__name__)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+import urllib.error
 import urllib.request
 
 import redis.asyncio as aioredis
@@ -19,8 +20,10 @@ from callstream.shared.entries import decode_call
 from callstream.shared.settings import Settings
 from callstream.simulate import metadata_message, simulate
 from tests.helpers import (
+    free_port,
     gateway_process,
     start_gateway,
+    stop_process,
     until,
     wait_for_entry,
     wait_for_event,
@@ -139,7 +142,8 @@ async def test_the_id_of_a_gateway_that_died_is_free_again_after_its_lease(
     env = {"CS_CALL_LEASE_S": "2"}
     talker = synth_talker(16000, 20.0, (0.1, 19.0), 160.0, seed=3)
     async with gateway_process(settings, env=env) as two:
-        proc, one = await start_gateway(settings, env)
+        first = await start_gateway(settings, env)
+        proc, one = first.proc, first.url
         victim = asyncio.create_task(simulate(one, [talker], call_ids=["orphaned"]))
         try:
             await wait_for_entry(redis, settings.keys.calls, lambda f: f[b"type"] == b"started", 10)
@@ -157,3 +161,34 @@ async def test_the_id_of_a_gateway_that_died_is_free_again_after_its_lease(
             victim.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await victim
+
+
+# ------------------------------------------------------------------ the operator's view
+
+
+def http(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+async def test_metrics_can_move_off_the_call_port_and_an_open_gateway_says_so(
+    settings: Settings,
+) -> None:
+    """With --metrics-port, /metrics, /healthz and /readyz are served there and the call port
+    answers /metrics with 404; without authentication the gateway says so as it starts."""
+    port = free_port()
+    gateway = await start_gateway(settings, None, "--metrics-port", str(port))
+    try:
+        call_port = gateway.url.replace("ws://", "http://").removesuffix("/ws")
+        assert (await asyncio.to_thread(http, f"{call_port}/metrics"))[0] == 404
+        status, text = await asyncio.to_thread(http, f"http://127.0.0.1:{port}/metrics")
+        assert status == 200
+        assert "callstream_ingress_connections" in text
+        assert await asyncio.to_thread(http, f"http://127.0.0.1:{port}/readyz") == (200, "ready\n")
+        assert (await asyncio.to_thread(http, f"http://127.0.0.1:{port}/healthz"))[0] == 200
+    finally:
+        await stop_process(gateway.proc)
+    assert "authentication is OFF" in gateway.banner

@@ -1,4 +1,7 @@
-"""A worker replica's HTTP port: ``/metrics`` (Prometheus), ``/healthz`` and ``/readyz``.
+"""A process's operator port: ``/metrics`` (Prometheus), ``/healthz`` and ``/readyz``.
+
+A worker replica serves it with ``--metrics-port``; a gateway serves the same paths on its call
+port by default, or here with ``--metrics-port`` (then not on the call port).
 
 Served by the standard library's WSGI server in its own threads (as prometheus_client's own
 ``start_http_server`` does), so a scrape or a probe never waits for the event loop, and a
