@@ -54,6 +54,7 @@ from callstream.shared.errors import (
     AuthError,
     ConfigError,
     ProtocolError,
+    TooManyParticipants,
     UnsupportedData,
 )
 from callstream.shared.events import CALL_ENDED, CALL_STARTED, DTMF, Event, parse_iso_ms
@@ -173,6 +174,7 @@ class _Call:
     seq: int = 0
     skipped: int = 0
     heard_at: float = 0.0  # monotonic: the last message received
+    participants: set[str] = field(default_factory=set)  # participantRawIDs seen
     closing: bool = False  # closed by the gateway (idle): not closed again
     failed: str | None = None  # why publishing failed, once it has
     in_key: str = ""  # cs:call:{id}:in, computed once
@@ -613,6 +615,11 @@ class Gateway:
                     self._skip(call, exc)
                     continue
                 if isinstance(parsed, AudioData):
+                    participant = parsed.participant_raw_id
+                    if participant and participant not in call.participants:
+                        if len(call.participants) >= self._settings.max_participants:
+                            return await self._reject(call, self._too_many())
+                        call.participants.add(participant)
                     self._publish_frame(call, parsed, received_at)
                 elif isinstance(parsed, DtmfData):
                     self._publish_dtmf(call, parsed)
@@ -633,10 +640,24 @@ class Gateway:
         code = connection.close_code
         return "normal" if code in (1000, 1001, None) else f"closed_{code}"
 
+    def _too_many(self) -> TooManyParticipants:
+        limit = self._settings.max_participants
+        return TooManyParticipants(
+            f"more than {limit} participants in one call (CS_MAX_PARTICIPANTS)"
+        )
+
     async def _reject(self, call: _Call, error: ProtocolError) -> str:
         self._metrics.rejects.labels(error.kind).inc()
         log.warning("call %s: closing with %d: %s", call.call_id, error.close_code, error)
-        await call.connection.close(error.close_code, error.reason)
+        connection = call.connection
+        closing = asyncio.create_task(connection.close(error.close_code, error.reason))
+        # Read (and drop) what the client sent after the message refused: websockets stops
+        # reading a connection whose unread messages pile up, and would then never see the
+        # client's answer to our close (it would wait its close timeout, 10 s).
+        with contextlib.suppress(ConnectionClosed):
+            async for _ in connection:
+                pass
+        await closing
         return error.kind
 
     def _skip(self, call: _Call, error: ProtocolError) -> None:

@@ -109,6 +109,14 @@ class InvalidFrame(ProtocolError):
     kind = "invalid_frame"
 
 
+class TooManyParticipants(ProtocolError):
+    """An unmixed call named more distinct participants than a call may have
+    (``CS_MAX_PARTICIPANTS``): ACS streams at most four at a time."""
+
+    close_code = CLOSE_POLICY_VIOLATION
+    kind = "too_many_participants"
+
+
 class OutOfOrder(ProtocolError):
     """A message arrived in a state where it is not allowed, e.g. audio before metadata."""
 

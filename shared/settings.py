@@ -39,6 +39,7 @@ class Settings:
     max_message_bytes: int = 64 * 1024
     metadata_timeout_s: float = 10.0  # a socket silent this long after its upgrade is closed
     inbound_idle_timeout_s: float = 5.0  # a call that sends nothing this long is closed
+    max_participants: int = 64  # distinct participantRawIDs over one call (ACS: 4 at a time)
     call_lease_s: float = 15.0  # a call id stays taken this long after its gateway stopped renewing
     in_stream_maxlen: int = 30_000
     out_stream_maxlen: int = 30_000
@@ -89,6 +90,7 @@ class Settings:
                 env, "CS_INBOUND_IDLE_TIMEOUT_S", defaults.inbound_idle_timeout_s
             ),
             call_lease_s=_float(env, "CS_CALL_LEASE_S", defaults.call_lease_s),
+            max_participants=_int(env, "CS_MAX_PARTICIPANTS", defaults.max_participants),
             in_stream_maxlen=_int(env, "CS_IN_STREAM_MAXLEN", defaults.in_stream_maxlen),
             out_stream_maxlen=_int(env, "CS_OUT_STREAM_MAXLEN", defaults.out_stream_maxlen),
             events_maxlen=_int(env, "CS_EVENTS_MAXLEN", defaults.events_maxlen),

@@ -23,7 +23,7 @@ import argparse
 import asyncio
 import logging
 import os
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -59,6 +59,7 @@ log = logging.getLogger(__name__)
 RATE_HZ = 16000  # what the voice activity detector gets
 FRAME_BYTES = RATE_HZ * FRAME_MS // 1000 * 2
 TIME_HISTORY = START_WINDOW + PREROLL_FRAMES + STOP_FRAMES + 10  # frames whose time is kept
+MAX_PARKED = 4  # recognizers kept for participants off a channel (ACS streams four at a time)
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,13 +78,14 @@ class Outgoing:
 
 @dataclass
 class _Stream:
-    """One audio stream of a call (the mix, or one channel) and its recognizer."""
+    """One audio stream of a call (the mix, or one channel's participant) and its recognizer
+    (made when the participant first speaks)."""
 
     channel: int
     participant: str
     base_ms: int  # call offset of this stream's first frame seen here
     segmenter: Segmenter
-    recognizer: Recognizer
+    recognizer: Recognizer | None
     resampler: soxr.ResampleStream | None
     # 16 kHz audio for the detector; primed with a frame of silence so every call frame yields
     # exactly one detector frame despite the resampler's delay.
@@ -135,6 +137,11 @@ class Transcriber:
         self._rate_hz = rate_hz
         self._engine = engine
         self._streams: dict[int, _Stream] = {}
+        # Streams of participants whose channel passed to someone else, with their recognizer:
+        # a participant who comes back (ACS reorders its four most dominant speakers all the
+        # time) gets it back instead of a new one, so a channel changing hands costs no engine.
+        self._parked: OrderedDict[str, _Stream] = OrderedDict()
+        self.recognizers_made = 0
         self.start_ts_ms: int | None = None  # the call's first frame
         self.earliest_needed: str | None = None  # set after each batch (read from the loop)
 
@@ -146,12 +153,15 @@ class Transcriber:
                 self.start_ts_ms = frame.ts_ms
             stream = self._streams.get(frame.channel)
             if stream is None or stream.participant != frame.participant:
+                returning = self._parked.pop(frame.participant, None)
                 if stream is not None:
                     # The channel passes to someone else (ACS keeps the four most dominant
                     # speakers): the one who left may be mid-utterance, and no more of their
-                    # frames will come on it. Finish what they said.
-                    events.extend(self._finish(stream))
+                    # frames will come on it. Finish what they said; keep their recognizer.
+                    events.extend(self._park(stream))
                 stream = self._streams[frame.channel] = self._new_stream(frame)
+                if returning is not None:  # their recognizer, not a new one
+                    stream.recognizer = returning.recognizer
             stream.recent.append((entry_id, frame.pcm))
             stream.times.append(frame.ts_ms - self.start_ts_ms)
             vad_frame = stream.vad_frame(frame.pcm)
@@ -168,10 +178,27 @@ class Transcriber:
                     native = SpeechAudio(frame.pcm)
                 events.extend(self._on_vad(stream, native, frame.ts_ms))
         if ended:
-            for stream in self._streams.values():
+            for stream in [*self._streams.values(), *self._parked.values()]:
                 events.extend(self._finish(stream))
+            self._parked.clear()
         needed = [i for s in self._streams.values() if (i := s.earliest_needed) is not None]
         self.earliest_needed = min(needed, key=parse_id) if needed else None
+        return events
+
+    def _park(self, stream: _Stream) -> list[Outgoing]:
+        """Finish ``stream``'s open utterance and keep its recognizer for its participant (the
+        least recently parked beyond MAX_PARKED are closed)."""
+        now_ms = self._now_ms(stream)
+        events: list[Outgoing] = []
+        for vad_event in stream.segmenter.flush():
+            events.extend(self._on_vad(stream, vad_event, now_ms))
+        if stream.recognizer is None:
+            return events
+        self._parked[stream.participant] = stream
+        self._parked.move_to_end(stream.participant)
+        while len(self._parked) > MAX_PARKED:
+            _, oldest = self._parked.popitem(last=False)
+            events.extend(self._finish(oldest))
         return events
 
     def _new_stream(self, frame: InFrame) -> _Stream:
@@ -181,7 +208,7 @@ class Transcriber:
             participant=frame.participant,
             base_ms=frame.ts_ms - self.start_ts_ms,
             segmenter=Segmenter(RATE_HZ),
-            recognizer=self._engine(self._rate_hz),
+            recognizer=None,
             resampler=None
             if self._rate_hz == RATE_HZ
             else soxr.ResampleStream(self._rate_hz, RATE_HZ, 1, dtype="int16"),
@@ -194,9 +221,10 @@ class Transcriber:
         events: list[Outgoing] = []
         for vad_event in stream.segmenter.flush():
             events.extend(self._on_vad(stream, vad_event, now_ms))
-        events.extend(
-            self._transcript(stream, result, now_ms) for result in stream.recognizer.close()
-        )
+        if stream.recognizer is not None:
+            results = stream.recognizer.close()
+            stream.recognizer = None
+            events.extend(self._transcript(stream, result, now_ms) for result in results)
         return events
 
     def _now_ms(self, stream: _Stream) -> int:
@@ -205,15 +233,20 @@ class Transcriber:
 
     def _on_vad(self, stream: _Stream, event: VadEvent, ts_ms: int) -> list[Outgoing]:
         if isinstance(event, SpeechAudio):
+            assert stream.recognizer is not None  # made at the utterance's start
             results = stream.recognizer.feed(event.audio)
             return [self._transcript(stream, result, ts_ms) for result in results]
         if isinstance(event, SpeechStarted):
             stream.utterance_ms = stream.call_ms(event.offset_ms)
+            if stream.recognizer is None:  # the participant's first utterance
+                stream.recognizer = self._engine(self._rate_hz)
+                self.recognizers_made += 1
             stream.recognizer.start(stream.call_ms(event.audio_offset_ms), stream.utterance_ms)
             events = [self._speech(stream, SPEECH_STARTED, stream.utterance_ms, ts_ms)]
             results = stream.recognizer.feed(event.audio)
             return events + [self._transcript(stream, result, ts_ms) for result in results]
         assert isinstance(event, SpeechStopped)
+        assert stream.recognizer is not None
         events = [self._transcript(stream, result, ts_ms) for result in stream.recognizer.stop()]
         events.append(self._speech(stream, SPEECH_STOPPED, stream.call_ms(event.offset_ms), ts_ms))
         return events

@@ -59,6 +59,8 @@ __all__ = [
     "parse_outbound",
 ]
 
+MAX_STRING_CHARS = 256  # any string field of an inbound message (ids, timestamps)
+
 _DTMF_TONES = frozenset("0123456789*#ABCDabcd")
 
 # The fast paths. ``bench/codec.py`` swaps them for the stdlib's to measure the difference;
@@ -207,9 +209,18 @@ def _wrong_type(kind: str, name: str, expected: str, value: object) -> Malformed
 
 def _opt_str(body: dict[str, Any], name: str, kind: str) -> str | None:
     value = body.get(name)
-    if value is None or isinstance(value, str):
+    if value is None:
         return value
-    raise _wrong_type(kind, name, "a string", value)
+    if not isinstance(value, str):
+        raise _wrong_type(kind, name, "a string", value)
+    if len(value) > MAX_STRING_CHARS:
+        # A participantRawID is ~50 characters, a timestamp ~30: a long one would be copied
+        # into every frame's stream entry (a 60 000-character id put 200 MB into Redis).
+        raise MalformedMessage(
+            f"{kind}: expected '{name}' to be at most {MAX_STRING_CHARS} characters, "
+            f"got {len(value)}"
+        )
+    return value
 
 
 def _int(body: dict[str, Any], name: str, kind: str) -> int:

@@ -4,13 +4,15 @@ with real processes, real sockets and a real Redis, next to a good call that mus
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import json
 import time
 import urllib.error
 import urllib.request
 
 import redis.asyncio as aioredis
-from websockets.asyncio.client import connect
+from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.protocol import State
 
@@ -192,3 +194,69 @@ async def test_metrics_can_move_off_the_call_port_and_an_open_gateway_says_so(
     finally:
         await stop_process(gateway.proc)
     assert "authentication is OFF" in gateway.banner
+
+
+# ------------------------------------------------------------------ bounded input
+
+
+def unmixed_frame(participant: str, pcm: bytes = b"\x10\x10" * 320) -> str:
+    return json.dumps(
+        {
+            "kind": "AudioData",
+            "audioData": {
+                "data": base64.b64encode(pcm).decode(),
+                "timestamp": "2024-11-15T19:16:12.925Z",
+                "participantRawID": participant,
+                "silent": False,
+            },
+        }
+    )
+
+
+async def closed_with(conn: ClientConnection) -> tuple[int | None, str | None]:
+    async with asyncio.timeout(10):
+        try:
+            while True:
+                await conn.recv()
+        except ConnectionClosed:
+            pass
+    return conn.close_code, conn.close_reason
+
+
+async def test_a_call_cannot_name_participants_without_bound(
+    settings: Settings, redis: aioredis.Redis
+) -> None:
+    """An unmixed call names a new participantRawID with every frame: the 65th distinct one
+    (CS_MAX_PARTICIPANTS, 64) closes it with 1008, counted; what it sent before is its own."""
+    async with gateway_process(settings) as url:
+        async with connect(f"{url}/crowd?mode=unmixed") as conn:
+            await conn.send(metadata_message(16000))
+            for n in range(70):
+                await conn.send(unmixed_frame(f"8:acs:{n}"))
+            code, reason = await closed_with(conn)
+        assert (code, reason) == (
+            1008,
+            "more than 64 participants in one call (CS_MAX_PARTICIPANTS)",
+        )
+        assert 'reason="too_many_participants"} 1.0' in await metrics(url)
+    entries = await xrange(redis, settings.keys.call_in("crowd"))
+    heard = {fields[b"participant"] for _, fields in entries if fields[b"kind"] == b"audio"}
+    assert len(heard) == 64
+
+
+async def test_an_oversized_string_field_is_refused_before_it_reaches_redis(
+    settings: Settings, redis: aioredis.Redis
+) -> None:
+    """A frame whose participantRawID has 60 000 characters (it would be copied into every
+    stream entry) closes the call with 1007; nothing of it is published."""
+    async with gateway_process(settings) as url:
+        async with connect(f"{url}/bloated?mode=unmixed") as conn:
+            await conn.send(metadata_message(16000))
+            await conn.send(unmixed_frame("8:acs:ok"))
+            await conn.send(unmixed_frame("x" * 60_000))
+            code, reason = await closed_with(conn)
+        assert code == 1007
+        assert reason is not None
+        assert "expected 'participantrawid' to be at most 256 characters" in reason
+    entries = await xrange(redis, settings.keys.call_in("bloated"))
+    assert max(len(fields.get(b"participant", b"")) for _, fields in entries) < 256

@@ -123,3 +123,25 @@ def test_a_very_long_utterance_comes_out_in_bounded_pieces() -> None:
     finals = [e for e in events if e.type == TRANSCRIPT]
     assert len(finals) == 2
     assert len({(e.type, e.key) for e in events}) == len(events)
+
+
+def test_participants_taking_turns_on_a_channel_reuse_their_recognizers() -> None:
+    """Five participantRawIDs take turns on one channel, a new one every 10 frames, each
+    speaking (a hostile client; ACS reorders its dominant speakers more gently): 50 turns, and
+    no more than one recognizer per participant is ever made."""
+    core = Transcriber("c", 16000, Echoing)
+    speakers = [f"4:+{n}" for n in range(5)]
+    pcm_frames = voiced(500)
+    frames = [
+        (entry_id, replace(frame, participant=speakers[i // 10 % 5]))
+        for i, (entry_id, frame) in enumerate(frames_at(0, pcm_frames, 0))
+    ]
+    events = core.process(frames[:250], ended=False) + core.process(frames[250:], ended=True)
+    assert sum(e.type == SPEECH_STARTED for e in events) == 50  # every turn was heard
+    assert core.recognizers_made == 5
+
+
+def test_a_participant_who_never_speaks_costs_no_recognizer() -> None:
+    core = Transcriber("c", 16000, Echoing)
+    core.process(frames_at(0, quiet(200), 0), ended=True)
+    assert core.recognizers_made == 0

@@ -818,3 +818,21 @@ def test_the_bare_server_accepts_and_counts_what_the_stdlib_codec_does(
                 assert got is None
             else:
                 assert got == "rejected"
+
+
+def test_a_string_field_longer_than_the_limit_is_malformed() -> None:
+    session = InboundSession()
+    session.receive(
+        '{"kind":"AudioMetadata","audioMetadata":{"subscriptionId":"s",'
+        '"encoding":"PCM","sampleRate":16000,"channels":1,"length":640}}'
+    )
+    long_id = "x" * 257
+    message = (
+        '{"kind":"AudioData","audioData":{"data":"'
+        + base64.b64encode(bytes(640)).decode()
+        + '","participantRawID":"'
+        + long_id
+        + '"}}'
+    )
+    with pytest.raises(MalformedMessage, match="at most 256 characters, got 257"):
+        session.receive(message)
