@@ -54,12 +54,14 @@ from callstream.shared.errors import (
     AuthError,
     ConfigError,
     ProtocolError,
+    TooFast,
     TooManyParticipants,
     UnsupportedData,
 )
 from callstream.shared.events import CALL_ENDED, CALL_STARTED, DTMF, Event, parse_iso_ms
 from callstream.shared.keys import incarnation_id, validate_call_id
 from callstream.shared.protocols.acs import AudioData, AudioMetadata, DtmfData, InboundSession
+from callstream.shared.ratelimit import TokenBucket
 from callstream.shared.resp import FrameXadd
 from callstream.shared.settings import Settings
 
@@ -89,6 +91,7 @@ RELEASE_LEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
+RATE_BURST_S = 2.0  # a call may send this many seconds' worth of messages at once
 PENDING_LEASE_S = 10.0  # an upgrade whose handshake has not completed by then never will
 EGRESS_WRITE_LIMIT = 64 * 1024  # bytes queued on a call's socket (~1.4 s of audio) at most
 
@@ -175,6 +178,7 @@ class _Call:
     skipped: int = 0
     heard_at: float = 0.0  # monotonic: the last message received
     participants: set[str] = field(default_factory=set)  # participantRawIDs seen
+    bucket: TokenBucket = field(default_factory=lambda: TokenBucket(1, 1, 0.0))  # set at start
     closing: bool = False  # closed by the gateway (idle): not closed again
     failed: str | None = None  # why publishing failed, once it has
     in_key: str = ""  # cs:call:{id}:in, computed once
@@ -219,6 +223,7 @@ class Gateway:
         self._health_key = f"{settings.prefix}:gateway:{self._instance}:health"
         self._calls: dict[str, _Call] = {}  # by the id each is published under
         self._routes: dict[str, _Call] = {}  # by the id the platform used
+        self._per_address: dict[str, int] = {}  # open call sockets by client address
         # Leases taken at the upgrade, for the connection's handler (its route, the lease's
         # value, the incarnation, when), and the route ids they hold. One whose handshake
         # never completed goes stale after PENDING_LEASE_S.
@@ -448,12 +453,31 @@ class Gateway:
     # ------------------------------------------------------------------ HTTP and upgrade
 
     def readiness(self) -> tuple[bool, str]:
-        """(ready, why not): Redis takes writes and the gateway is not overloaded."""
+        """(ready, why not): Redis takes writes, the gateway is not overloaded nor full."""
         if self._bus_error:
             return False, f"Redis unavailable: {self._bus_error}"
         if overload := self._overloaded():
             return False, overload
+        if full := self._full():
+            return False, full
         return True, "ready"
+
+    def _full(self) -> str:
+        """Why the gateway takes no new call now ("" when it does): CS_MAX_CALLS sockets."""
+        held = len(self._calls) + len(self._pending)
+        if held < self._settings.max_calls:
+            return ""
+        return f"gateway full: {held} calls (CS_MAX_CALLS {self._settings.max_calls})"
+
+    def _too_many_from(self, connection: ServerConnection) -> str:
+        """Why a client address gets no more sockets ("" when it does)."""
+        limit = self._settings.max_connections_per_address
+        if not limit:
+            return ""
+        address = _address(connection)
+        if self._per_address.get(address, 0) < limit:
+            return ""
+        return f"{limit} connections from {address} already (CS_MAX_CONNECTIONS_PER_ADDRESS)"
 
     async def _process_request(
         self, connection: ServerConnection, request: Request
@@ -504,6 +528,14 @@ class Gateway:
             self._metrics.rejects.labels("overloaded").inc()
             log.warning("refused call %s: %s", target.call_id, overload)
             return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, f"{overload}\n")
+        if full := self._full():
+            self._metrics.rejects.labels("full").inc()
+            log.warning("refused call %s: %s", target.call_id, full)
+            return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, f"{full}\n")
+        if crowded := self._too_many_from(connection):
+            self._metrics.rejects.labels("too_many_connections").inc()
+            log.warning("refused call %s: %s", target.call_id, crowded)
+            return connection.respond(HTTPStatus.TOO_MANY_REQUESTS, f"{crowded}\n")
         try:
             lease = await self._take_lease(target.call_id)
         except (RedisError, OSError) as exc:
@@ -575,8 +607,12 @@ class Gateway:
         )
         call.in_key = self._keys.call_in(call.call_id)
         call.frame_xadd = FrameXadd(call.in_key, self._settings.in_stream_maxlen)
+        rate = self._settings.max_messages_per_s
+        call.bucket = TokenBucket(rate, RATE_BURST_S * rate, time.monotonic())
         self._calls[call.call_id] = call
         self._routes[call.route_id] = call
+        address = _address(connection)
+        self._per_address[address] = self._per_address.get(address, 0) + 1
         self._metrics.connections.inc()
         if self._settings.metadata_timeout_s > 0:
             call.metadata_timer = asyncio.get_running_loop().call_later(
@@ -592,6 +628,11 @@ class Gateway:
             await self._end(call, reason)
             del self._calls[call.call_id]
             del self._routes[call.route_id]
+            left = self._per_address[address] - 1
+            if left:
+                self._per_address[address] = left
+            else:
+                del self._per_address[address]
             await self._release_lease(call)
 
     async def _receive(self, call: _Call) -> str:
@@ -599,8 +640,11 @@ class Gateway:
         connection = call.connection
         monotonic = time.monotonic
         try:
+            take = call.bucket.take
             async for message in connection:
                 received_at = call.heard_at = monotonic()
+                if not take(received_at):
+                    return await self._reject(call, self._too_fast())
                 if isinstance(message, bytes):
                     error: ProtocolError = UnsupportedData(
                         f"expected text messages of JSON, got a binary message of "
@@ -639,6 +683,10 @@ class Gateway:
             return "bus_unavailable"
         code = connection.close_code
         return "normal" if code in (1000, 1001, None) else f"closed_{code}"
+
+    def _too_fast(self) -> TooFast:
+        rate = self._settings.max_messages_per_s
+        return TooFast(f"more than {rate} messages a second (CS_MAX_MESSAGES_PER_S)")
 
     def _too_many(self) -> TooManyParticipants:
         limit = self._settings.max_participants
@@ -837,6 +885,12 @@ class Gateway:
         closer = asyncio.create_task(call.connection.close(code, reason))
         self._closers.add(closer)
         closer.add_done_callback(self._closers.discard)
+
+
+def _address(connection: ServerConnection) -> str:
+    """The client's address (its IP; behind a load balancer, the balancer's)."""
+    remote = connection.remote_address
+    return str(remote[0]) if remote else "?"
 
 
 def _reply_text(exc: RedisError | OSError) -> str:

@@ -117,6 +117,14 @@ class TooManyParticipants(ProtocolError):
     kind = "too_many_participants"
 
 
+class TooFast(ProtocolError):
+    """A call sends messages faster than real time, for longer than a burst
+    (``CS_MAX_MESSAGES_PER_S``)."""
+
+    close_code = CLOSE_POLICY_VIOLATION
+    kind = "too_fast"
+
+
 class OutOfOrder(ProtocolError):
     """A message arrived in a state where it is not allowed, e.g. audio before metadata."""
 

@@ -39,6 +39,9 @@ class Settings:
     max_message_bytes: int = 64 * 1024
     metadata_timeout_s: float = 10.0  # a socket silent this long after its upgrade is closed
     inbound_idle_timeout_s: float = 5.0  # a call that sends nothing this long is closed
+    max_calls: int = 1000  # calls (sockets) one gateway process holds at once; 503 past it
+    max_connections_per_address: int = 0  # sockets from one client address (0: no limit)
+    max_messages_per_s: int = 250  # per call, sustained (ACS: 50 a second per participant, 4 max)
     max_participants: int = 64  # distinct participantRawIDs over one call (ACS: 4 at a time)
     call_lease_s: float = 15.0  # a call id stays taken this long after its gateway stopped renewing
     in_stream_maxlen: int = 30_000
@@ -91,6 +94,14 @@ class Settings:
             ),
             call_lease_s=_float(env, "CS_CALL_LEASE_S", defaults.call_lease_s),
             max_participants=_int(env, "CS_MAX_PARTICIPANTS", defaults.max_participants),
+            max_messages_per_s=_int(env, "CS_MAX_MESSAGES_PER_S", defaults.max_messages_per_s),
+            max_calls=_int(env, "CS_MAX_CALLS", defaults.max_calls),
+            max_connections_per_address=_int(
+                env,
+                "CS_MAX_CONNECTIONS_PER_ADDRESS",
+                defaults.max_connections_per_address,
+                allow_zero=True,
+            ),
             in_stream_maxlen=_int(env, "CS_IN_STREAM_MAXLEN", defaults.in_stream_maxlen),
             out_stream_maxlen=_int(env, "CS_OUT_STREAM_MAXLEN", defaults.out_stream_maxlen),
             events_maxlen=_int(env, "CS_EVENTS_MAXLEN", defaults.events_maxlen),
@@ -108,7 +119,7 @@ class Settings:
         )
 
 
-def _int(env: Mapping[str, str], name: str, default: int) -> int:
+def _int(env: Mapping[str, str], name: str, default: int, *, allow_zero: bool = False) -> int:
     raw = env.get(name)
     if not raw:
         return default
@@ -116,7 +127,7 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
         value = int(raw)
     except ValueError:
         raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
-    if value <= 0:
+    if value < 0 or (value == 0 and not allow_zero):
         raise ConfigError(f"{name} must be positive, got {value}")
     return value
 

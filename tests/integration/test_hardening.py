@@ -260,3 +260,58 @@ async def test_an_oversized_string_field_is_refused_before_it_reaches_redis(
         assert "expected 'participantrawid' to be at most 256 characters" in reason
     entries = await xrange(redis, settings.keys.call_in("bloated"))
     assert max(len(fields.get(b"participant", b"")) for _, fields in entries) < 256
+
+
+async def test_a_client_sending_faster_than_real_time_is_closed(
+    settings: Settings, redis: aioredis.Redis
+) -> None:
+    """A call sends frames as fast as it can (300 000 of them once grew a gateway by 130 MB):
+    after a burst of two seconds' worth it is closed with 1008, counted, while a real-time call
+    on the same gateway goes on undisturbed."""
+    talker = synth_talker(16000, 3.0, (0.1, 2.8), 150.0, seed=4)
+    async with gateway_process(settings) as url, worker_process(settings, "echo"):
+        good = asyncio.create_task(simulate(url, [talker], call_ids=["steady"], linger_s=1.0))
+        async with connect(f"{url}/flood?mode=mixed") as conn:
+            await conn.send(metadata_message(16000))
+            frame = unmixed_frame("")
+            sent = 0
+            with contextlib.suppress(ConnectionClosed):
+                while sent < 300_000:
+                    await conn.send(frame)
+                    sent += 1
+            code, reason = await closed_with(conn)
+        assert code == 1008
+        assert reason == "more than 250 messages a second (CS_MAX_MESSAGES_PER_S)"
+        assert sent < 300_000
+        [result] = await good
+        assert 'callstream_ingress_rejects_total{reason="too_fast"} 1.0' in await metrics(url)
+    assert speech_frames(result.recording) == speech_frames(talker)
+
+
+async def test_a_gateway_holds_at_most_its_calls_and_an_address_at_most_its_sockets(
+    settings: Settings,
+) -> None:
+    """CS_MAX_CALLS: past it new calls get 503 and /readyz says the gateway is full, until a
+    call ends. CS_MAX_CONNECTIONS_PER_ADDRESS (off by default: behind a load balancer every
+    call comes from its address): past it a client address gets 429."""
+    async with gateway_process(settings, env={"CS_MAX_CALLS": "3"}) as url:
+        readyz = url.replace("ws://", "http://").removesuffix("/ws") + "/readyz"
+        held = [await connect(f"{url}/held-{i}?mode=mixed") for i in range(3)]
+        assert await refused_status(f"{url}/one-more?mode=mixed") == 503
+        status, text = await asyncio.to_thread(http, readyz)
+        assert (status, text) == (503, "gateway full: 3 calls (CS_MAX_CALLS 3)\n")
+        await held.pop().close()
+
+        async def ready() -> bool:
+            return (await asyncio.to_thread(http, readyz))[0] == 200
+
+        await until(ready)
+        assert await refused_status(f"{url}/one-more?mode=mixed") is None
+        for conn in held:
+            await conn.close()
+    async with gateway_process(settings, env={"CS_MAX_CONNECTIONS_PER_ADDRESS": "2"}) as url:
+        held = [await connect(f"{url}/near-{i}?mode=mixed") for i in range(2)]
+        assert await refused_status(f"{url}/third?mode=mixed") == 429
+        assert 'reason="too_many_connections"} 1.0' in await metrics(url)
+        for conn in held:
+            await conn.close()
