@@ -540,6 +540,7 @@ class WorkerRuntime:
                 at += 1
             answers[entry_id] = (checkpoint, deliveries, exists)
         takes: list[tuple[str, Take]] = []
+        given_up = 0
         for entry_id, offer in offers:
             checkpoint, deliveries, exists = answers.get(entry_id, (Checkpoint(), 1, True))
             decision = decide(
@@ -562,6 +563,10 @@ class WorkerRuntime:
                 self._writer.add("", "XACK", self._keys.calls, self._group, entry_id)
             elif isinstance(decision, Abandon):
                 self._abandon(entry_id, decision)
+                given_up += 1
+        if given_up:
+            await self._writer.drain()  # acknowledged and announced before it is counted
+            self._metrics.abandoned.inc(given_up)
         if takes:
             # A call delivered before may have had results published by its previous owner,
             # which died before saving a checkpoint: look at its events whenever it is not new.
@@ -651,7 +656,6 @@ class WorkerRuntime:
         )
         RedisEventOut(self._writer, call_id, self._settings).publish_event(event)
         self._mark_done(call_id, entry_id, Checkpoint())
-        self._metrics.abandoned.inc()
         log.error(
             "worker %s: gave up call %s after %d failed attempts (CS_WORKER_MAX_ATTEMPTS); "
             "last error: %s",
