@@ -97,6 +97,12 @@ class EgressMetrics:
             registry=registry,
         )
         self.calls = Gauge("callstream_egress_calls", "Calls attached to egress", registry=registry)
+        self.held = Counter(
+            "callstream_egress_reads_held_total",
+            "Times a call's out stream was not read: its playout buffer was full "
+            "(CS_EGRESS_MAX_BUFFER_S)",
+            registry=registry,
+        )
 
 
 @dataclass(eq=False)
@@ -127,6 +133,7 @@ class EgressHub:
         self._settings = settings
         self._keys = settings.keys
         self._lead_s = lead_ms / 1000
+        self._max_backlog = max(1, int(settings.egress_max_buffer_s * 1000 / FRAME_MS))
         self._metrics = EgressMetrics(registry if registry is not None else CollectorRegistry())
         self._calls: dict[str, _Call] = {}
         self._by_key: dict[bytes, _Call] = {}
@@ -213,7 +220,18 @@ class EgressHub:
                 self._attached.clear()
                 await self._attached.wait()
                 continue
-            streams = {c.key: c.last_id for c in self._calls.values()}
+            # A call whose playout buffer holds CS_EGRESS_MAX_BUFFER_S already is not read: what
+            # a worker queued beyond that (a long synthesised answer) waits in Redis, not in
+            # this process's memory.
+            streams: dict[str, str] = {}
+            for c in self._calls.values():
+                if c.playout.backlog < self._max_backlog:
+                    streams[c.key] = c.last_id
+                else:
+                    self._metrics.held.inc()
+            if not streams:
+                await asyncio.sleep(READ_INTERVAL_S)
+                continue
             try:
                 async with asyncio.timeout(READ_TIMEOUT_S):
                     reply = await self._xread.xread(

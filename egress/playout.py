@@ -81,6 +81,11 @@ class Playout:
         return sum(1 for item in self._queue if isinstance(item, bytes))
 
     @property
+    def backlog(self) -> int:
+        """Frames (and marks) queued: an upper bound of :attr:`queued_frames`, in O(1)."""
+        return len(self._queue)
+
+    @property
     def idle(self) -> bool:
         """Nothing queued, held or pending."""
         return not (self._queue or self._tail or self._stop_pending or self._marks)

@@ -39,6 +39,7 @@ class Settings:
     max_message_bytes: int = 64 * 1024
     metadata_timeout_s: float = 10.0  # a socket silent this long after its upgrade is closed
     inbound_idle_timeout_s: float = 5.0  # a call that sends nothing this long is closed
+    egress_max_buffer_s: float = 30.0  # audio egress reads ahead of playback, per call
     max_calls: int = 1000  # calls (sockets) one gateway process holds at once; 503 past it
     max_connections_per_address: int = 0  # sockets from one client address (0: no limit)
     max_messages_per_s: int = 250  # per call, sustained (ACS: 50 a second per participant, 4 max)
@@ -96,6 +97,7 @@ class Settings:
             max_participants=_int(env, "CS_MAX_PARTICIPANTS", defaults.max_participants),
             max_messages_per_s=_int(env, "CS_MAX_MESSAGES_PER_S", defaults.max_messages_per_s),
             max_calls=_int(env, "CS_MAX_CALLS", defaults.max_calls),
+            egress_max_buffer_s=_float(env, "CS_EGRESS_MAX_BUFFER_S", defaults.egress_max_buffer_s),
             max_connections_per_address=_int(
                 env,
                 "CS_MAX_CONNECTIONS_PER_ADDRESS",

@@ -6,6 +6,7 @@ Real Redis, real sockets; gateway, worker and emulator run in this event loop.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator
 
 import numpy as np
@@ -186,3 +187,32 @@ async def test_egress_trims_what_it_has_read_from_the_out_stream(
     )
     await bot_task
     assert speech_frames(result.recording, rate) == frames  # all of it played, in order
+
+
+async def test_egress_reads_no_further_ahead_than_its_buffer(
+    settings: Settings, redis: aioredis.Redis
+) -> None:
+    """A worker queues 6 s of audio at once; with CS_EGRESS_MAX_BUFFER_S = 1 egress leaves what
+    is beyond its buffer in Redis until playback catches up (counted), and still plays all of
+    it, in order, without a gap."""
+    rate = 16000
+    local = dataclasses.replace(settings, egress_max_buffer_s=1.0)
+    call_id = "e2e-bounded"
+    frames = chunk(tone(rate, 6.0, 440.0), 640)
+
+    async def bot() -> None:
+        await wait_for_event(redis, local.keys.call_events(call_id), "call.started", 10)
+        async with redis.pipeline(transaction=False) as pipe:
+            for pcm in frames:
+                pipe.xadd(local.keys.call_out(call_id), encode_out(OutAudio(pcm)))
+            await pipe.execute()
+
+    async with Gateway(local) as gateway:
+        bot_task = asyncio.create_task(bot())
+        [result] = await simulate(
+            gateway.url, [bytes(rate * 2 * 8)], rate_hz=rate, call_ids=[call_id], linger_s=0.5
+        )
+        await bot_task
+        held = gateway.registry.get_sample_value("callstream_egress_reads_held_total")
+    assert (held or 0) > 0
+    assert speech_frames(result.recording, rate) == frames
