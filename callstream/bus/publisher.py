@@ -28,7 +28,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import ssl
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -42,7 +41,6 @@ from prometheus_client import Counter, Histogram
 
 from callstream.bus.url import RedisTarget, parse_redis_url
 from callstream.shared.entries import Fields
-from callstream.shared.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -188,10 +186,7 @@ class Publisher:
             else redis
         )
         self._target = target
-        try:  # load the TLS files now: a wrong path is a configuration error, not a failed call
-            self._ssl = target.tls.get() if target.tls is not None else None
-        except (OSError, ssl.SSLError) as exc:
-            raise ConfigError(f"REDIS_URL: cannot set up TLS: {exc}") from None
+        self._ssl = target.ssl_context()
         self._setup = [_PACK(command) for command in target.setup_commands(client_name)]
         self._metrics = metrics
         self._on_failure = on_failure

@@ -14,7 +14,6 @@ leaves the connection in an unknown state, so it is closed, and the next read co
 from __future__ import annotations
 
 import asyncio
-import ssl
 from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, cast
@@ -22,7 +21,7 @@ from typing import Any, cast
 import hiredis
 
 from callstream.bus.url import RedisTarget, parse_redis_url
-from callstream.shared.errors import BusError, ConfigError
+from callstream.shared.errors import BusError
 
 _PACK = cast(Callable[[tuple[object, ...]], bytes], hiredis.pack_command)
 READ_SIZE = 256 * 1024
@@ -42,10 +41,7 @@ class StreamReader:
 
     def __init__(self, redis: str | RedisTarget, *, client_name: str) -> None:
         self._target = parse_redis_url(redis) if isinstance(redis, str) else redis
-        try:
-            self._ssl = self._target.tls.get() if self._target.tls is not None else None
-        except (OSError, ssl.SSLError) as exc:
-            raise ConfigError(f"REDIS_URL: cannot set up TLS: {exc}") from None
+        self._ssl = self._target.ssl_context()
         self._setup = [_PACK(command) for command in self._target.setup_commands(client_name)]
         self._stream: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
 

@@ -22,6 +22,7 @@ certificates only when its ``get()`` is called).
 from __future__ import annotations
 
 import re
+import ssl
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -73,6 +74,17 @@ class RedisTarget:
             commands.append(("SELECT", self.db))
         commands.append(("CLIENT", "SETNAME", client_name))
         return commands
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """The TLS context for rediss:// (None otherwise), its files loaded now: a wrong path
+        is a configuration error at startup, not a failed call later."""
+        if self.tls is None:
+            return None
+        try:
+            context: ssl.SSLContext = self.tls.get()
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"REDIS_URL: cannot set up TLS: {exc}") from None
+        return context
 
     def describe(self) -> str:
         """Where this connects, for logs (never the credentials)."""

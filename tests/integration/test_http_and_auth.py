@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import http.server
 import json
@@ -12,7 +13,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import jwt
@@ -332,13 +333,15 @@ async def test_a_valid_token_lets_the_call_in(
     assert result.completed, result.error
 
 
-async def test_keys_can_come_from_a_jwks_url(
-    settings: Settings, signing_key: rsa.RSAPrivateKey
-) -> None:
-    body = json.dumps(jwks(signing_key)).encode()
+@contextlib.contextmanager
+def jwks_server(body: bytes, *, delay_s: float = 0.0) -> Iterator[tuple[str, list[float]]]:
+    """A JWKS endpoint serving ``body`` after ``delay_s``: its URL, and when it was fetched."""
+    fetches: list[float] = []
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:
+            fetches.append(time.monotonic())
+            time.sleep(delay_s)
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
             self.end_headers()
@@ -351,11 +354,17 @@ async def test_keys_can_come_from_a_jwks_url(
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        auth = AuthSettings(
-            jwks_url=f"http://127.0.0.1:{server.server_address[1]}/calling/keys",
-            issuer=ISSUER,
-            audience=AUDIENCE,
-        )
+        yield f"http://127.0.0.1:{server.server_address[1]}/calling/keys", fetches
+    finally:
+        server.shutdown()
+        thread.join()
+
+
+async def test_keys_can_come_from_a_jwks_url(
+    settings: Settings, signing_key: rsa.RSAPrivateKey
+) -> None:
+    with jwks_server(json.dumps(jwks(signing_key)).encode()) as (url, _):
+        auth = AuthSettings(jwks_url=url, issuer=ISSUER, audience=AUDIENCE)
         async with Gateway(dataclasses.replace(settings, auth=auth)) as gateway:
             assert await refused_status(gateway.url, None) == 401
             [result] = await simulate(
@@ -365,9 +374,6 @@ async def test_keys_can_come_from_a_jwks_url(
                 headers={"Authorization": f"Bearer {token(signing_key)}"},
             )
             assert result.completed, result.error
-    finally:
-        server.shutdown()
-        thread.join()
 
 
 async def test_public_address_without_auth_refuses_to_start(settings: Settings) -> None:
@@ -423,29 +429,8 @@ async def test_tokens_with_made_up_key_ids_do_not_make_the_gateway_hammer_the_ke
     takes 2 s to answer: all refused 401 with at most two fetches of the JWKS (the first, and
     one refresh: PyJWT cools refetches down), and a valid caller is let in after them."""
     body = json.dumps(jwks(signing_key)).encode()
-    fetches: list[float] = []
-
-    class Slow(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            fetches.append(time.monotonic())
-            time.sleep(2)
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Slow)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        auth = AuthSettings(
-            jwks_url=f"http://127.0.0.1:{server.server_address[1]}/calling/keys",
-            issuer=ISSUER,
-            audience=AUDIENCE,
-        )
+    with jwks_server(body, delay_s=2.0) as (url, fetches):
+        auth = AuthSettings(jwks_url=url, issuer=ISSUER, audience=AUDIENCE)
         async with Gateway(dataclasses.replace(settings, auth=auth)) as gateway:
             made_up = [f"Bearer {token(signing_key, kid=uuid.uuid4().hex)}" for _ in range(40)]
             statuses = await asyncio.gather(
@@ -460,6 +445,3 @@ async def test_tokens_with_made_up_key_ids_do_not_make_the_gateway_hammer_the_ke
                 headers={"Authorization": f"Bearer {token(signing_key)}"},
             )
             assert result.completed, result.error
-    finally:
-        server.shutdown()
-        thread.join()

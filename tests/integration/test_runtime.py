@@ -163,35 +163,6 @@ async def test_two_calls_are_isolated(redis: aioredis.Redis, settings: Settings)
     assert await echoed_seqs(redis, settings, "y") == list(range(1000, 1020))
 
 
-async def test_one_replica_serves_more_calls_than_a_default_redis_pool_holds(
-    redis: aioredis.Redis, settings: Settings
-) -> None:
-    """Each owned call keeps a connection blocked in XREAD and its handler writes on others:
-    150 calls on one replica (redis-py's default pool stops at 100 connections) are all
-    echoed, none failed."""
-    registry = CollectorRegistry()
-    calls = [f"many{i}" for i in range(150)]
-    async with runtime(settings, "a", max_calls=len(calls), registry=registry) as worker:
-        for call_id in calls:
-            await start_call(redis, settings, call_id)
-
-        async def all_owned() -> bool:
-            return len(worker.owned) == len(calls)
-
-        await until(all_owned, timeout_s=30)
-        for call_id in calls:
-            await add_frames(redis, settings, call_id, 0, 5)
-            await end_call(redis, settings, call_id)
-
-        async def all_done() -> bool:
-            return not worker.owned
-
-        await until(all_done, timeout_s=60)
-    assert registry.get_sample_value("callstream_worker_calls_failed_total", {"kind": "echo"}) == 0
-    for call_id in calls:
-        assert await echoed_seqs(redis, settings, call_id) == list(range(5))
-
-
 # ------------------------------------------------------------------ ownership and capacity
 
 
