@@ -694,13 +694,13 @@ class WorkerRuntime:
         backoff_s = 0.1
         while not self._stopping:
             streams: dict[str, str] = {}
-            owners: dict[bytes, _Call] = {}
+            owners: dict[str, _Call] = {}
             for call in self._calls.values():
                 if call.busy or call.finishing:
                     continue
                 for key, position in call.input.streams().items():
                     streams[key] = position
-                    owners[key.encode()] = call
+                    owners[key] = call
             if not streams:
                 self._readable.clear()
                 with contextlib.suppress(TimeoutError):
@@ -728,16 +728,17 @@ class WorkerRuntime:
             self._dispatch(reply, owners)
             await asyncio.sleep(READ_INTERVAL_S)
 
-    def _dispatch(self, reply: Reply, owners: dict[bytes, _Call]) -> None:
+    def _dispatch(self, reply: Reply, owners: dict[str, _Call]) -> None:
         now = time.monotonic()
         read: dict[_Call, tuple[StreamEntries, StreamEntries]] = {}
-        for key, raw in reply:
+        for raw_key, raw in reply:
+            key = raw_key.decode()  # only the streams that had entries
             call = owners.get(key)
             if call is None or self._calls.get(call.call_id) is not call:
                 continue  # dropped (lost, failed) while the read was out
             entries = [(entry_id, fields(flat)) for entry_id, flat in raw]
             audio, events = read.get(call, ([], []))
-            if key == call.input.in_key.encode():
+            if key == call.input.in_key:
                 audio = entries
             else:
                 events = entries

@@ -122,10 +122,6 @@ class Writer:
         metrics."""
         self._publisher.publish(call_id, command, time.monotonic() if audio else 0.0)
 
-    @property
-    def backlog_bytes(self) -> int:
-        return self._publisher.backlog_bytes
-
     async def drain(self) -> None:
         """Until everything queued so far has been written (or failed)."""
         await self._publisher.drain()
