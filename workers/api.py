@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
@@ -45,6 +46,7 @@ __all__ = [
     "Item",
     "Kind",
     "ResumePoint",
+    "keyed_event",
 ]
 
 KIND_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
@@ -113,6 +115,22 @@ class EventOut(Protocol):
         the same id: an event whose id this call's events already hold is not published again.
         ``time_ms`` (epoch ms) defaults to now.
         """
+
+
+def keyed_event(
+    call_id: str,
+    type: str,
+    data: Mapping[str, Any],
+    *,
+    key: str = "",
+    time_ms: int | None = None,
+) -> Event:
+    """The event :meth:`EventOut.publish` publishes: id ``{call_id}:{type}`` or
+    ``{call_id}:{type}:{key}``, time ``time_ms`` (epoch ms) or now."""
+    event_id = f"{call_id}:{type}:{key}" if key else f"{call_id}:{type}"
+    return Event(
+        event_id, call_id, type, int(time.time() * 1000) if time_ms is None else time_ms, data
+    )
 
 
 @dataclass

@@ -6,13 +6,13 @@ replica's other writes (see :mod:`callstream.workers.writer`).
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from callstream.shared.entries import Fields, OutMark, OutStop, encode_out
 from callstream.shared.events import Event
 from callstream.shared.settings import Settings
+from callstream.workers.api import keyed_event
 from callstream.workers.writer import Writer, pack
 
 
@@ -74,15 +74,8 @@ class RedisEventOut:
     def publish(
         self, type: str, data: Mapping[str, Any], *, key: str = "", time_ms: int | None = None
     ) -> Event:
-        event_id = f"{self._call_id}:{type}:{key}" if key else f"{self._call_id}:{type}"
-        event = Event(
-            event_id,
-            self._call_id,
-            type,
-            int(time.time() * 1000) if time_ms is None else time_ms,
-            data,
-        )
-        if event_id in self._published:
+        event = keyed_event(self._call_id, type, data, key=key, time_ms=time_ms)
+        if event.id in self._published:
             return event
         self.publish_event(event)
         return event

@@ -18,7 +18,7 @@ from typing import Any
 from callstream.shared.audio import Mode
 from callstream.shared.entries import CallStarted
 from callstream.shared.events import Event
-from callstream.workers.api import CallContext
+from callstream.workers.api import CallContext, keyed_event
 
 
 @dataclass
@@ -52,16 +52,9 @@ class MemoryEventOut:
     def publish(
         self, type: str, data: Mapping[str, Any], *, key: str = "", time_ms: int | None = None
     ) -> Event:
-        event_id = f"{self.call_id}:{type}:{key}" if key else f"{self.call_id}:{type}"
-        event = Event(
-            event_id,
-            self.call_id,
-            type,
-            int(time.time() * 1000) if time_ms is None else time_ms,
-            dict(data),
-        )
-        if event_id not in self.published:
-            self.published.add(event_id)
+        event = keyed_event(self.call_id, type, dict(data), key=key, time_ms=time_ms)
+        if event.id not in self.published:
+            self.published.add(event.id)
             self.events.append(event)
         return event
 

@@ -24,7 +24,7 @@ from callstream.shared.events import parse_iso_ms
 from callstream.shared.protocols.acs import AudioData, AudioMetadata, DtmfData, InboundSession
 from callstream.shared.settings import Settings
 from callstream.simulate import simulate
-from tests.helpers import free_port
+from tests.helpers import gateway_process, worker_process
 
 RATE = 16000
 SPELLINGS = [
@@ -161,32 +161,7 @@ async def test_cli_call_through_gateway_and_worker_processes(
     settings: Settings, tmp_path: Path
 ) -> None:
     env = {**os.environ, "REDIS_URL": settings.redis_url, "CS_PREFIX": settings.prefix}
-    port = free_port()
-    gateway = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "callstream",
-        "gateway",
-        "--port",
-        str(port),
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
-    worker = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "callstream",
-        "worker",
-        "echo",
-        env=env,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
-    try:
-        assert gateway.stdout is not None
-        async with asyncio.timeout(20):
-            assert b"listening on" in await gateway.stdout.readline()
+    async with gateway_process(settings) as url, worker_process(settings, "echo"):
         talker = synth_talker(48000, 1.5, (0.1, 1.3), 170.0, seed=5)
         write_wav(str(tmp_path / "in.wav"), talker, 48000)
         sim = await asyncio.create_subprocess_exec(
@@ -194,7 +169,7 @@ async def test_cli_call_through_gateway_and_worker_processes(
             "-m",
             "callstream",
             "simulate",
-            f"ws://127.0.0.1:{port}/ws",
+            url,
             "--wav",
             str(tmp_path / "in.wav"),
             "--rate",
@@ -223,9 +198,3 @@ async def test_cli_call_through_gateway_and_worker_processes(
         assert [f for f in chunk(played, 960) if not is_silent(f)] == [
             f for f in chunk(sent, 960) if not is_silent(f)
         ]
-    finally:
-        for proc in (gateway, worker):
-            if proc.returncode is None:
-                proc.terminate()
-                async with asyncio.timeout(15):
-                    assert await proc.wait() == 0

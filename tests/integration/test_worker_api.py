@@ -4,7 +4,6 @@ run by `callstream worker shout`; and what a gateway or an echo replica imports.
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import subprocess
 import sys
@@ -18,7 +17,7 @@ import redis.asyncio as aioredis
 from callstream.shared.entries import CallStarted, InEnd, InFrame, encode_call, encode_in
 from callstream.shared.settings import Settings
 from tests.helpers import events as read_events
-from tests.helpers import wait_for_event
+from tests.helpers import wait_for_event, worker_process
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "workers.md"
 
@@ -76,25 +75,9 @@ async def test_the_documented_example_installs_and_runs_as_a_worker_kind(
         check=False,
     )
     assert install.returncode == 0, install.stderr
-    env = {
-        **os.environ,
-        "REDIS_URL": settings.redis_url,
-        "CS_PREFIX": settings.prefix,
-        "PYTHONPATH": str(site),
-    }
-    worker = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "callstream",
-        "worker",
-        "shout",
-        "--heartbeat-s",
-        "0.2",
-        env=env,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
+    async with worker_process(
+        settings, "shout", "--heartbeat-s", "0.2", env={"PYTHONPATH": str(site)}
+    ):  # the entry point of the package just installed
         start_ms = int(time.time()) * 1000
         await redis.xadd(
             settings.keys.calls,
@@ -109,12 +92,6 @@ async def test_the_documented_example_installs_and_runs_as_a_worker_kind(
             await pipe.execute()
         key = settings.keys.call_events("loud")
         await wait_for_event(redis, key, "shout.done", timeout_s=30)
-    finally:
-        if worker.returncode is None:
-            worker.terminate()
-        assert worker.stderr is not None
-        stderr = (await worker.stderr.read()).decode()
-        assert await worker.wait() == 0, stderr
     events = await read_events(redis, key)
     shouts = [e for e in events if e.type == "shout"]
     assert [e.id for e in shouts] == [f"loud:shout::{start_ms // 1000 + s}" for s in range(3)]
