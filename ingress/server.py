@@ -872,7 +872,7 @@ class Gateway:
         )
         self._close(call, CLOSE_POLICY_VIOLATION, f"expected AudioMetadata within {timeout:g} s")
 
-    def _on_publish_failure(self, call_id: str, error: str) -> None:
+    def _on_publish_failure(self, call_id: str, error: str, bus_wide: bool) -> None:
         call = self._calls.get(call_id)
         if call is None or call.failed is not None:
             return

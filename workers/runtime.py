@@ -20,7 +20,11 @@
   is on, saves checkpoints and marks its entries as long idle (``XCLAIM … IDLE``), so another
   replica takes them at its next claim.
 * A call whose processing failed is retried by the next replica to claim it, up to
-  ``CS_WORKER_MAX_ATTEMPTS`` attempts; then it is given up (``worker.failed``).
+  ``CS_WORKER_MAX_ATTEMPTS`` attempts; then it is given up (``worker.failed``). Failures of
+  Redis are not the call's: a call whose writes were lost to an outage (Redis unreachable,
+  silent, out of memory, …) restarts on the same replica from its last saved checkpoint once
+  Redis answers again, and a call taken over because its owner could not reach Redis counts
+  as handed back. Neither uses up an attempt.
 * When a call's input is complete the handler is closed, ``{kind}.done`` is published, the
   entry acknowledged and the checkpoint marked done.
 """
@@ -163,6 +167,13 @@ class RuntimeMetrics:
             ["kind"],
             registry=registry,
         ).labels(kind)
+        self.rewound = Counter(
+            "callstream_worker_calls_rewound_total",
+            "Calls restarted from their checkpoint on this replica after an outage lost their "
+            "writes (not failed attempts)",
+            ["kind"],
+            registry=registry,
+        ).labels(kind)
         self.redis_errors = Counter(
             "callstream_worker_redis_errors_total", "Redis errors", ["kind"], registry=registry
         ).labels(kind)
@@ -192,6 +203,7 @@ class _Call:
     finishing: bool = False  # processed to its end: being acknowledged
     trimmed: bool = False  # its `started` entry left cs:calls (trimmed, or Redis lost it)
     error: str | None = None  # a write of this call failed
+    outage: bool = False  # ... because Redis failed, not because of the call: rewind it
 
     @property
     def call_id(self) -> str:
@@ -250,6 +262,8 @@ class WorkerRuntime:
         self.failure: Exception | None = None  # what ended one of the runtime's loops
         self._redis_ok = False
         self._redis_error = "not connected yet"
+        self._outage = False  # Redis failed since the last heartbeat that went through
+        self._heartbeat_lock = asyncio.Lock()  # the loop's and a recovering claim loop's
         self._group_ok = False
         self._audio_kinds: list[str] = [kind] if inputs.audio else []
         self._kinds_read_at = -KINDS_REFRESH_S
@@ -424,6 +438,7 @@ class WorkerRuntime:
     def _redis_down(self, exc: BaseException) -> None:
         self._metrics.redis_errors.inc()
         self._redis_ok = False
+        self._outage = True
         self._redis_error = str(exc) or type(exc).__name__
 
     # ------------------------------------------------------------------ claiming
@@ -444,6 +459,10 @@ class WorkerRuntime:
             try:
                 if not self._group_ok:
                     await self._register()
+                if self._outage and self._calls:
+                    # Back from an outage: re-claim our own calls before claiming idle ones,
+                    # which now include ours (XAUTOCLAIM would count a delivery for each).
+                    await self._heartbeat()
                 if self._free > 0 and time.monotonic() >= next_autoclaim:
                     next_autoclaim = time.monotonic() + self._heartbeat_s
                     claimed = await redis.xautoclaim(
@@ -775,6 +794,7 @@ class WorkerRuntime:
 
     async def _serve(self, call: _Call) -> None:
         handler: CallHandler | None = None
+        rewind = False
         try:
             handler = self._factory(call.ctx)
             call.handler = handler
@@ -811,18 +831,61 @@ class WorkerRuntime:
             await self._finish(call)
         except asyncio.CancelledError:
             raise
+        except WriteFailed as exc:
+            if call.outage:
+                rewind = True
+                log.warning(
+                    "worker %s: call %s lost writes to a Redis failure (%s); it restarts here "
+                    "from its checkpoint once Redis answers",
+                    self._kind,
+                    call.call_id,
+                    exc,
+                )
+            else:
+                self._failed(call, exc)
         except Exception as exc:
-            # The call stays pending: after its idle timeout another replica retries it (up
-            # to CS_WORKER_MAX_ATTEMPTS times); the error is kept for the one that gives up.
-            self._metrics.failed.inc()
-            log.exception("worker %s: call %s failed", self._kind, call.call_id)
-            self._record_failure(call.call_id, exc)
+            self._failed(call, exc)
         finally:
             if handler is not None:
                 with contextlib.suppress(Exception):
                     await handler.aclose()
-            if not self._stopping:
+            if rewind and not self._stopping:
+                call.busy = True  # out of the shared read until it is taken again
+                call.task = asyncio.create_task(self._rewind(call), name=f"rewind-{call.call_id}")
+            elif not self._stopping:
                 self._drop(call)
+
+    def _failed(self, call: _Call, exc: Exception) -> None:
+        """The call stays pending: after its idle timeout another replica retries it (up to
+        CS_WORKER_MAX_ATTEMPTS times); the error is kept for the one that gives up."""
+        self._metrics.failed.inc()
+        log.exception("worker %s: call %s failed", self._kind, call.call_id, exc_info=exc)
+        self._record_failure(call.call_id, exc)
+
+    async def _rewind(self, call: _Call) -> None:
+        """Take a call whose writes an outage lost again, here, from its last saved checkpoint
+        (as a new owner would, with the events it published since); its entry never left this
+        replica, so no delivery, and no attempt, is counted."""
+        assert self._redis is not None
+        key = self._keys.checkpoint(self._kind, call.call_id)
+        backoff_s = 0.1
+        while not self._stopping and self._calls.get(call.call_id) is call:
+            try:
+                async with asyncio.timeout(READ_TIMEOUT_MARGIN_S):
+                    raw = cast(dict[bytes, bytes], await self._redis.hgetall(key))
+                    checkpoint = Checkpoint.parse(raw)
+                    take = Take(call.call, checkpoint)
+                    [history] = await self._histories([take], taken_over=True)
+            except (RedisError, OSError) as exc:
+                self._redis_down(exc)
+                await asyncio.sleep(backoff_s)
+                backoff_s = min(2.0, backoff_s * 2)
+                continue
+            if self._stopping or self._calls.get(call.call_id) is not call:
+                return
+            self._metrics.rewound.inc()
+            self._take(call.entry_id, take, history, "rewind")
+            return
 
     def _drop(self, call: _Call) -> None:
         if self._calls.get(call.call_id) is call:
@@ -865,10 +928,11 @@ class WorkerRuntime:
     def _on_bus_failure(self, error: str) -> None:
         self._redis_down(BusError(error))
 
-    def _on_write_failure(self, call_id: str, error: str) -> None:
+    def _on_write_failure(self, call_id: str, error: str, bus_wide: bool) -> None:
         call = self._calls.get(call_id)
         if call is not None and call.error is None:
             call.error = error
+            call.outage = bus_wide
             call.wake.set()
 
     # ------------------------------------------------------------------ heartbeat
@@ -888,9 +952,16 @@ class WorkerRuntime:
     async def _heartbeat(self) -> None:
         """Refresh the claim on the calls still ours, give up those another replica took,
         save checkpoints, end calls gone quiet, trim audio."""
+        async with self._heartbeat_lock:
+            await self._beat()
+        self._redis_up()
+
+    async def _beat(self) -> None:
         assert self._redis is not None
         if not self._calls:
+            self._outage = False
             return
+        outage = self._outage
         mine = await self._pending_ids()
         owned = {c.call_id: c.entry_id for c in self._calls.values()}
         settled = {c.call_id for c in self._calls.values() if c.finishing or c.trimmed}
@@ -903,7 +974,7 @@ class WorkerRuntime:
                 present = [bool(found) for found in await pipe.execute()]
             lost, trimmed = classify_missing(missing, present)
             for call_id in lost:
-                self._lose(call_id)
+                self._lose(call_id, outage=outage)
             for call_id in trimmed:
                 self._calls[call_id].trimmed = True
                 log.warning(
@@ -920,20 +991,33 @@ class WorkerRuntime:
             await self._redis.xclaim(
                 self._keys.calls, self._group, self.consumer, 0, claim, justid=True
             )
-        for call in calls:
+        # A call being rewound keeps its claim, but its position in memory may be ahead of
+        # output an outage lost: its last saved checkpoint stands, and its audio stays.
+        serving = [c for c in calls if not c.outage]
+        for call in serving:
             self._save_checkpoint(call)
-        await self._check_liveness(calls)
+        await self._check_liveness(serving)
         if self._inputs.audio:
-            await self._trim(calls, finished=False)
-        self._redis_up()
+            await self._trim(serving, finished=False)
+        self._outage = False
 
-    def _lose(self, call_id: str) -> None:
+    def _lose(self, call_id: str, *, outage: bool = False) -> None:
         """Our heartbeat came too late and another replica took the call over: it resumes from
-        our last checkpoint, so we stop rather than claim it back."""
+        our last checkpoint, so we stop rather than claim it back. When an outage kept us from
+        Redis (``outage``), the takeover is a hand-back, not a failed attempt."""
         call = self._calls.pop(call_id, None)
         if call is None:
             return
-        log.warning("worker %s: call %s was taken over by another replica", self._kind, call_id)
+        log.warning(
+            "worker %s: call %s was taken over by another replica%s",
+            self._kind,
+            call_id,
+            " (Redis was unreachable from here)" if outage else "",
+        )
+        if outage:
+            assert self._writer is not None
+            key = self._keys.checkpoint(self._kind, call_id)
+            self._writer.add("", "HINCRBY", key, F_HANDBACKS, 1)
         self._metrics.lost.inc()
         if call.task is not None:
             call.task.cancel()
@@ -1124,7 +1208,8 @@ class WorkerRuntime:
             for call in owned:
                 if call.finishing:
                     continue
-                self._save_checkpoint(call)
+                if not call.outage:  # a call being rewound: its last saved checkpoint stands
+                    self._save_checkpoint(call)
                 # The next owner's claim counts as a delivery; a hand-back is no failure.
                 key = self._keys.checkpoint(self._kind, call.call_id)
                 self._writer.add("", "HINCRBY", key, F_HANDBACKS, 1)

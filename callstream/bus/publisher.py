@@ -11,12 +11,13 @@ most a turn or two, and there is no second thread to share the GIL with (see
 docs/performance.md for the versions this replaced and why).
 
 A connection learns that its entries could not be published through ``on_failure(call_id,
-error)``, called once per call per failed batch. A batch whose connection is lost is sent
-once more on a new connection (a Redis restart); when Redis has answered nothing for
+error, bus_wide)``, called once per call per failed batch. A batch whose connection is lost is
+sent once more on a new connection (a Redis restart); when Redis has answered nothing for
 ``FLUSH_TIMEOUT_S`` while owing replies, everything in flight fails, and so do entries handed
 over while Redis cannot be reached. Failures that concern every call, not one call's keys (Redis
 unreachable or silent, the connection's AUTH refused, or error replies such as ``OOM``,
-``MISCONF`` or ``READONLY``: see :func:`refuses_every_call`), are also reported once per batch
+``MISCONF`` or ``READONLY``: see :func:`refuses_every_call`), have ``bus_wide`` set (a worker
+then retries the call rather than count it failed) and are also reported once per batch
 through ``on_bus_failure(reason)``, so the gateway stops taking calls.
 
 ``REDIS_URL`` means what it means to redis-py (:mod:`callstream.bus.url`): TCP, TLS or a unix
@@ -44,7 +45,7 @@ from callstream.shared.entries import Fields
 
 log = logging.getLogger(__name__)
 
-OnFailure = Callable[[str, str], None]
+OnFailure = Callable[[str, str, bool], None]  # (call id, error, bus-wide)
 OnBusFailure = Callable[[str], None]
 
 LATENCY_SAMPLE_EVERY = 4  # ingest latency is observed for one frame in four (it costs ~1 us)
@@ -404,7 +405,7 @@ class Publisher:
                 frames -= 1
         metrics.published.inc(count - len(failed_at))
         metrics.frames.inc(frames)
-        self._report(failed, len(failed_at))
+        self._report(failed, len(failed_at), connection=False)
         if bus_error:
             self._bus_failed(f"writes refused: {bus_error}")
 
@@ -412,7 +413,8 @@ class Publisher:
         if self._on_bus_failure is not None and not self._closed:
             self._on_bus_failure(error)
 
-    def _report(self, failed: dict[str, str], count: int) -> None:
+    def _report(self, failed: dict[str, str], count: int, *, connection: bool) -> None:
+        """``connection``: the connection failed (Redis unreachable or silent), not a command."""
         self._metrics.publish_errors.inc(count)
         first_call, first_error = next(iter(failed.items()))
         log.error(
@@ -424,7 +426,7 @@ class Publisher:
         )
         for call_id, error in failed.items():
             if call_id:
-                self._on_failure(call_id, error)
+                self._on_failure(call_id, error, connection or refuses_every_call(error))
 
     def _release(self, batch: _Batch) -> None:
         if batch.commands is not self._setup:
@@ -443,7 +445,7 @@ class Publisher:
             calls.update(dict.fromkeys(batch.call_ids, error))
         calls.pop("", None)
         if calls:
-            self._report(calls, count)
+            self._report(calls, count, connection=True)
             self._bus_failed(error)
 
     def _fail_waiting(self, error: str) -> None:

@@ -20,9 +20,11 @@ PCM = bytes(range(256)) * 2 + bytes(128)  # 640 bytes, not all zero
 class Failures:
     def __init__(self) -> None:
         self.calls: list[tuple[str, str]] = []
+        self.bus_wide: list[bool] = []  # per failure: not about the call (a worker retries it)
 
-    def __call__(self, call_id: str, error: str) -> None:
+    def __call__(self, call_id: str, error: str, bus_wide: bool) -> None:
         self.calls.append((call_id, error))
+        self.bus_wide.append(bus_wide)
 
 
 def frame_command(settings: Settings, call_id: str, seq: int) -> bytes:
@@ -79,6 +81,7 @@ async def test_an_error_reply_fails_only_its_own_call(
         await publisher.drain()
     assert [call_id for call_id, _ in failures.calls] == ["wrongtype"]
     assert "WRONGTYPE" in failures.calls[0][1]
+    assert failures.bus_wide == [False]
     assert bus == []  # about one call's key, not about Redis
     assert await seqs(redis, settings, "fine") == list(range(10))
     assert registry.get_sample_value("callstream_ingress_publish_errors_total") == 10
@@ -138,6 +141,7 @@ async def test_entries_for_an_unreachable_redis_fail_their_calls_quickly(
     call_id, error = failures.calls[0]
     assert call_id == "lost"
     assert error.startswith("cannot connect to Redis")
+    assert failures.bus_wide == [True]
     assert bus == [error]
 
 
@@ -163,6 +167,7 @@ async def test_a_redis_out_of_memory_fails_every_call_and_says_it_refuses_writes
             await publisher.drain()
         assert sorted(call_id for call_id, _ in failures.calls) == ["one", "two"]
         assert all(error.startswith("OOM command not allowed") for _, error in failures.calls)
+        assert failures.bus_wide == [True, True]
         assert len(bus) == 1
         assert bus[0].startswith("writes refused: OOM command not allowed")
         assert registry.get_sample_value("callstream_ingress_publish_errors_total") == 10

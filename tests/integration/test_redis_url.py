@@ -379,11 +379,11 @@ async def test_a_password_changed_under_a_running_gateway_closes_its_calls_1011(
 async def test_the_publisher_reports_a_refused_setup_for_its_calls_and_for_every_call(
     acl_redis: AclRedis,
 ) -> None:
-    failures: list[tuple[str, str]] = []
+    failures: list[tuple[str, str, bool]] = []
     bus: list[str] = []
 
-    def on_failure(call_id: str, error: str) -> None:
-        failures.append((call_id, error))
+    def on_failure(call_id: str, error: str, bus_wide: bool) -> None:
+        failures.append((call_id, error, bus_wide))
 
     metrics = IngressMetrics(CollectorRegistry())
     url = acl_redis.url(1, password="nope")
@@ -395,7 +395,7 @@ async def test_the_publisher_reports_a_refused_setup_for_its_calls_and_for_every
         "Redis refused the connection setup: WRONGPASS invalid username-password pair or user "
         "is disabled."
     )
-    assert failures == [("c1", reason)]
+    assert failures == [("c1", reason, True)]
     assert bus == [reason]
     assert publisher.backlog_bytes == 0
 
@@ -527,7 +527,7 @@ async def test_the_publisher_keeps_writing_over_tls_when_replies_come_in_several
         async with Publisher(
             url,
             IngressMetrics(registry),
-            lambda call_id, error: failures.append((call_id, error)),
+            lambda call_id, error, _: failures.append((call_id, error)),
         ) as publisher:
             publisher.publish("c1", b"*1\r\n$4\r\nPING\r\n")
             await publisher.drain()  # connected, set up and answered
@@ -556,7 +556,7 @@ async def test_a_tls_server_the_url_does_not_trust_leaves_the_gateway_unready(
         async with Publisher(
             untrusted.redis_url,
             IngressMetrics(CollectorRegistry()),
-            lambda call_id, error: failures.append((call_id, error)),
+            lambda call_id, error, _: failures.append((call_id, error)),
         ) as publisher:
             publisher.publish("c1", b"*1\r\n$4\r\nPING\r\n")
             await publisher.drain()

@@ -679,6 +679,77 @@ async def test_a_replica_waits_for_redis_and_survives_its_restart(
         await client.aclose()
 
 
+async def test_writes_lost_to_a_redis_failure_cost_the_call_no_attempt(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """Redis refuses every write (out of memory) just as a call's frames arrive: the replica's
+    echo of them fails. With one attempt allowed the call is neither failed nor given up: once
+    Redis takes writes again it restarts on the same replica from its checkpoint, and every
+    frame is echoed. (Before, the call failed, was claimed again, and that second delivery
+    exceeded CS_WORKER_MAX_ATTEMPTS.)"""
+    server = RedisProcess(free_port(), tmp_path)
+    server.start()
+    local = dataclasses.replace(settings, redis_url=server.url, worker_max_attempts=1)
+    client = aioredis.Redis.from_url(server.url)
+    registry = CollectorRegistry()
+    try:
+        async with runtime(local, "a", registry=registry) as worker:
+            await start_call(client, local, "squeezed")
+            await until(functools.partial(_owned_by, worker, "squeezed"))
+            await add_frames(client, local, "squeezed", 0, 5)
+            await until(lambda: _echoed_at_least(client, local, "squeezed", 5))
+            await client.set("ballast", b"\x01" * 2_000_000)
+            await client.config_set("maxmemory-policy", "noeviction")
+            # Frames and the refusal together: the replica reads the frames only when
+            # every write is already refused.
+            async with client.pipeline(transaction=True) as pipe:
+                for seq in range(5, 10):
+                    pcm = seq.to_bytes(4, "little") * 160
+                    pipe.xadd(
+                        local.keys.call_in("squeezed"),
+                        encode_in(InFrame(seq, 0, "", 0, False, pcm)),
+                    )
+                pipe.config_set("maxmemory", "1mb")
+                await pipe.execute()
+
+            async def rewound() -> bool:
+                return bool(
+                    registry.get_sample_value(
+                        "callstream_worker_calls_rewound_total", {"kind": "echo"}
+                    )
+                )
+
+            async def refused() -> bool:
+                errors = registry.get_sample_value(
+                    "callstream_worker_write_errors_total", {"kind": "echo"}
+                )
+                return bool(errors)
+
+            await until(refused)
+            await client.config_set("maxmemory", "0")
+            await until(rewound)
+            await add_frames(client, local, "squeezed", 10, 5)
+            await end_call(client, local, "squeezed")
+            await until(functools.partial(_not_owned, worker, "squeezed"))
+        events = await read_events(client, local.keys.call_events("squeezed"))
+        assert [e.type for e in events] == ["echo.done"]  # no worker.failed
+        echoed = await echoed_seqs(client, local, "squeezed")
+        # From the checkpoint on, the replay may echo a frame twice; none is missing.
+        assert sorted(set(echoed)) == list(range(15))
+        assert (
+            registry.get_sample_value("callstream_worker_calls_failed_total", {"kind": "echo"}) == 0
+        )
+    finally:
+        server.kill()
+        await client.aclose()
+
+
+async def _echoed_at_least(
+    redis: aioredis.Redis, settings: Settings, call_id: str, count: int
+) -> bool:
+    return len(await echoed_seqs(redis, settings, call_id)) >= count
+
+
 # ------------------------------------------------------------------ long calls
 
 
