@@ -49,6 +49,10 @@ class Sink(Protocol):
     def send(self, message: str) -> None:
         """Queue a text message on the socket without waiting (dropped if it has closed)."""
 
+    def stalled(self, seconds: float) -> None:
+        """The socket has taken nothing for ``seconds`` (its client does not read): close it.
+        Egress has let the call go."""
+
 
 EGRESS_CLIENT_NAME = "callstream-gateway-egress"
 READ_BLOCK_MS = 100  # bound on how long a newly attached call waits to join the shared read
@@ -90,6 +94,11 @@ class EgressMetrics:
         self.redis_errors = Counter(
             "callstream_egress_redis_errors_total", "Failed out-stream reads", registry=registry
         )
+        self.stalls = Counter(
+            "callstream_egress_stalled_sockets_total",
+            "Call sockets closed because their client took no audio for CS_EGRESS_STALL_TIMEOUT_S",
+            registry=registry,
+        )
         self.late = Histogram(
             "callstream_egress_wake_lateness_seconds",
             "How late egress's timer fired for a scheduled send",
@@ -116,6 +125,7 @@ class _Call:
     marks: int = 0
     restarts: int = 0  # the playout's restarts already counted
     timer: asyncio.TimerHandle | None = None
+    congested_at: float | None = None  # loop time: since then its socket took nothing more
 
 
 class EgressHub:
@@ -295,11 +305,20 @@ class EgressHub:
         try:
             if not call.sink.ready():
                 # Its client reads slower than real time: hold the audio (the schedule falls
-                # behind, and restarts when the socket drains), and look again soon.
+                # behind, and restarts when the socket drains), and look again soon; a client
+                # that takes nothing for CS_EGRESS_STALL_TIMEOUT_S is let go.
+                if call.congested_at is None:
+                    call.congested_at = now
+                elif now - call.congested_at > self._settings.egress_stall_timeout_s:
+                    self._metrics.stalls.inc()
+                    self._drop(call.call_id)
+                    call.sink.stalled(now - call.congested_at)
+                    return
                 call.timer = self._loop.call_at(
                     now + CONGESTED_RETRY_S, self._on_timer, call, now + CONGESTED_RETRY_S
                 )
                 return
+            call.congested_at = None
             playout = call.playout
             for action in playout.due(now):
                 if isinstance(action, SendFrame):

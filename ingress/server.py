@@ -15,10 +15,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import ipaddress
 import logging
+import socket
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from types import TracebackType
@@ -94,6 +97,10 @@ return 0
 RATE_BURST_S = 2.0  # a call may send this many seconds' worth of messages at once
 PENDING_LEASE_S = 10.0  # an upgrade whose handshake has not completed by then never will
 EGRESS_WRITE_LIMIT = 64 * 1024  # bytes queued on a call's socket (~1.4 s of audio) at most
+# The kernel's send buffer of a call socket (~1.5 s of audio; Linux doubles it): without a
+# bound, autotuning lets a client that does not read absorb megabytes before egress notices.
+# Audio needs 64 KB/s at most, which this sustains up to ~1 s of round-trip time.
+CALL_SNDBUF = 64 * 1024
 
 
 class SocketSink:
@@ -102,19 +109,24 @@ class SocketSink:
     ``send`` uses websockets' ``broadcast``, which writes a message without awaiting (and
     skips a connection that is closing); the back-pressure ``broadcast`` leaves out is
     ``ready``: a socket with more than ``EGRESS_WRITE_LIMIT`` bytes not yet taken by the
-    kernel (a client that does not read) gets no more until it drains.
+    kernel (a client that does not read) gets no more until it drains; one that stays so for
+    CS_EGRESS_STALL_TIMEOUT_S is ``stalled``: ``on_stall`` closes it.
     """
 
-    __slots__ = ("_connection",)
+    __slots__ = ("_connection", "_on_stall")
 
-    def __init__(self, connection: ServerConnection) -> None:
+    def __init__(self, connection: ServerConnection, on_stall: Callable[[float], None]) -> None:
         self._connection = connection
+        self._on_stall = on_stall
 
     def ready(self) -> bool:
         return self._connection.transport.get_write_buffer_size() <= EGRESS_WRITE_LIMIT
 
     def send(self, message: str) -> None:
         broadcast([self._connection], message)
+
+    def stalled(self, seconds: float) -> None:
+        self._on_stall(seconds)
 
 
 def is_loopback(host: str) -> bool:
@@ -725,10 +737,14 @@ class Gateway:
             call.metadata_timer = None
         self._metrics.calls.inc()
         call.heard_at = time.monotonic()
+        sock = call.connection.transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, CALL_SNDBUF)
         self._egress.attach(
             call.call_id,
             metadata.format,
-            SocketSink(call.connection),
+            SocketSink(call.connection, functools.partial(self._on_stalled, call)),
             start_id=f"{call.connected_ms}-0",
         )
         call.attached = True
@@ -871,6 +887,18 @@ class Gateway:
             "call %s: no AudioMetadata within %g s; closing with 1008", call.call_id, timeout
         )
         self._close(call, CLOSE_POLICY_VIOLATION, f"expected AudioMetadata within {timeout:g} s")
+
+    def _on_stalled(self, call: _Call, seconds: float) -> None:
+        """Its client has taken no audio for CS_EGRESS_STALL_TIMEOUT_S (it does not read, or
+        reads slower than real time): audio for it would only pile up here."""
+        self._metrics.rejects.labels("not_reading").inc()
+        log.warning(
+            "call %s: its client took no audio for %.0f s (CS_EGRESS_STALL_TIMEOUT_S); "
+            "closing with 1008",
+            call.call_id,
+            seconds,
+        )
+        self._close(call, CLOSE_POLICY_VIOLATION, "not reading")
 
     def _on_publish_failure(self, call_id: str, error: str, bus_wide: bool) -> None:
         call = self._calls.get(call_id)

@@ -40,6 +40,8 @@ class Settings:
     metadata_timeout_s: float = 10.0  # a socket silent this long after its upgrade is closed
     inbound_idle_timeout_s: float = 5.0  # a call that sends nothing this long is closed
     egress_max_buffer_s: float = 30.0  # audio egress reads ahead of playback, per call
+    # A call socket that takes no audio this long (its client does not read) is closed, 1008.
+    egress_stall_timeout_s: float = 10.0
     max_calls: int = 1000  # calls (sockets) one gateway process holds at once; 503 past it
     max_connections_per_address: int = 0  # sockets from one client address (0: no limit)
     max_messages_per_s: int = 250  # per call, sustained (ACS: 50 a second per participant, 4 max)
@@ -56,6 +58,11 @@ class Settings:
     flush_interval_ms: float = 2.0
     max_backlog_bytes: int = 64 * 1024 * 1024  # waiting for Redis: above it, new calls get 503
     worker_max_attempts: int = 5  # a call whose processing failed this often is given up
+    # Calls that ended before a replica of the kind took them (a backlog, after an outage) are
+    # served behind live calls, each at this many times real time (and costing as many live
+    # calls' capacity); a replica holds at most worker_max_deferred of them waiting.
+    worker_backlog_speed: float = 4.0
+    worker_max_deferred: int = 1000
     call_idle_timeout_s: float = 60.0  # a worker ends a call whose inbound is silent this long
     # Inbound audio stays in Redis until every kind reading it has checkpointed past it, and
     # this much longer (seconds).
@@ -98,6 +105,9 @@ class Settings:
             max_messages_per_s=_int(env, "CS_MAX_MESSAGES_PER_S", defaults.max_messages_per_s),
             max_calls=_int(env, "CS_MAX_CALLS", defaults.max_calls),
             egress_max_buffer_s=_float(env, "CS_EGRESS_MAX_BUFFER_S", defaults.egress_max_buffer_s),
+            egress_stall_timeout_s=_float(
+                env, "CS_EGRESS_STALL_TIMEOUT_S", defaults.egress_stall_timeout_s
+            ),
             max_connections_per_address=_int(
                 env,
                 "CS_MAX_CONNECTIONS_PER_ADDRESS",
@@ -113,6 +123,10 @@ class Settings:
             flush_interval_ms=_float(env, "CS_FLUSH_INTERVAL_MS", defaults.flush_interval_ms),
             max_backlog_bytes=_int(env, "CS_MAX_BACKLOG_BYTES", defaults.max_backlog_bytes),
             worker_max_attempts=_int(env, "CS_WORKER_MAX_ATTEMPTS", defaults.worker_max_attempts),
+            worker_backlog_speed=_float(
+                env, "CS_WORKER_BACKLOG_SPEED", defaults.worker_backlog_speed
+            ),
+            worker_max_deferred=_int(env, "CS_WORKER_MAX_DEFERRED", defaults.worker_max_deferred),
             call_idle_timeout_s=_float(env, "CS_CALL_IDLE_TIMEOUT_S", defaults.call_idle_timeout_s),
             audio_replay_margin_s=_float(
                 env, "CS_AUDIO_REPLAY_MARGIN_S", defaults.audio_replay_margin_s

@@ -8,6 +8,7 @@ them, and carries out what they decide; everything here is unit-tested without R
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -155,6 +156,29 @@ def parse_offer(raw: RawFields | None) -> CallStarted | CallEnded | str:
 def needs_stream_check(call: CallStarted, now_ms: int, call_ttl_s: float) -> bool:
     """Whether a call is old enough that its streams may have expired (then look)."""
     return now_ms - call.time_ms > call_ttl_s * 1000
+
+
+def is_over(last: tuple[bytes, RawFields] | None, now_ms: int, idle_timeout_s: float) -> bool:
+    """Whether a call offered to a kind is over already, from its inbound stream's last entry:
+    the gateway's end marker, or nothing for ``idle_timeout_s`` (its gateway is gone). Such a
+    call is backlog (it began and ended while no replica of the kind served it): it waits
+    behind live calls. No entry yet (or no stream any more) says nothing: live."""
+    if last is None:
+        return False
+    entry_id, fields = last
+    try:
+        entry = decode_in(fields)
+    except EntryError:
+        return False
+    if isinstance(entry, InEnd):
+        return True
+    return now_ms - parse_id(entry_id.decode())[0] > idle_timeout_s * 1000
+
+
+def backlog_cost(speed: float, max_calls: int) -> int:
+    """The capacity (in real-time calls) one backlog call uses: it is read at ``speed`` times
+    real time, so it costs that many live calls' worth, but never more than the replica."""
+    return max(1, min(max_calls, math.ceil(speed)))
 
 
 def decide(

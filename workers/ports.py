@@ -36,9 +36,12 @@ class RedisAudioOut:
         # (the bytes hiredis.pack_command would make; a unit test compares them).
         head = pack("XADD", self._key, "MAXLEN", "~", self._maxlen, "*", "kind", "audio", "pcm", "")
         self._audio_head = head[: -len(b"$0\r\n\r\n")]
+        self.key = self._key
+        self.played = False  # the runtime watches the out streams of calls given audio
 
     def play(self, pcm: bytes) -> None:
         if pcm:
+            self.played = True
             command = b"%b$%d\r\n%b\r\n" % (self._audio_head, len(pcm), pcm)
             self._writer.add_packed(self._call_id, command, audio=True)
 

@@ -27,6 +27,12 @@
   as handed back. Neither uses up an attempt.
 * When a call's input is complete the handler is closed, ``{kind}.done`` is published, the
   entry acknowledged and the checkpoint marked done.
+* **Live calls first.** A call that is over when the kind gets it (it began and ended while no
+  replica served it: an outage, a new kind) is *backlog*: the replica keeps its entry (claimed
+  at every heartbeat) but defers it, reads on to the live calls behind it, and serves backlog
+  only with the capacity live calls leave — each backlog call read at
+  ``CS_WORKER_BACKLOG_SPEED`` times real time and counted as that many calls. A live call
+  arriving at a full replica parks a backlog call (checkpointed, deferred again).
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import heapq
 import json
 import logging
 import os
@@ -51,6 +58,7 @@ from redis.typing import StreamIdT
 
 from callstream.bus.reader import Reply, StreamReader, fields
 from callstream.shared.entries import (
+    CallEnded,
     CallStarted,
     RawFields,
     StreamEntries,
@@ -86,9 +94,11 @@ from callstream.workers.ownership import (
     Checkpoint,
     Take,
     audio_trim_id,
+    backlog_cost,
     checkpoint_fields,
     classify_missing,
     decide,
+    is_over,
     missing_entries,
     needs_stream_check,
     parse_offer,
@@ -113,6 +123,7 @@ HISTORY_EVENTS = 2000  # a new owner's look back over the call's events
 STOP_GRACE_S = 2.0  # at aclose, how long a call may take to finish the batch it is on
 KINDS_REFRESH_S = 10.0  # how often the list of audio-reading kinds is read again
 EMPTY_STATE = "{}"
+FRAME_S = 0.02  # a backlog call is paced as if every entry were a frame
 
 
 class RuntimeMetrics:
@@ -167,6 +178,25 @@ class RuntimeMetrics:
             ["kind"],
             registry=registry,
         ).labels(kind)
+        self.deferred = Gauge(
+            "callstream_worker_backlog_calls",
+            "Calls over before they were taken, held to be served behind live calls",
+            ["kind"],
+            registry=registry,
+        ).labels(kind)
+        self.throttled = Counter(
+            "callstream_worker_throttles_total",
+            "Times a call was not read because its audio waiting to be played passed half "
+            "of CS_OUT_STREAM_MAXLEN",
+            ["kind"],
+            registry=registry,
+        ).labels(kind)
+        self.throttled_now = Gauge(
+            "callstream_worker_throttled_calls",
+            "Calls not read now: their audio waiting to be played is too long",
+            ["kind"],
+            registry=registry,
+        ).labels(kind)
         self.rewound = Counter(
             "callstream_worker_calls_rewound_total",
             "Calls restarted from their checkpoint on this replica after an outage lost their "
@@ -203,6 +233,11 @@ class _Call:
     finishing: bool = False  # processed to its end: being acknowledged
     trimmed: bool = False  # its `started` entry left cs:calls (trimmed, or Redis lost it)
     error: str | None = None  # a write of this call failed
+    backlog: bool = False  # over before it was taken: paced, parked for live calls
+    next_read: float = 0.0  # monotonic: a backlog call is not read before
+    parking: bool = False  # a live call needs its capacity: defer it after this batch
+    audio_out: RedisAudioOut | None = None
+    throttled: bool = False  # its out stream is too long: not read until egress catches up
     outage: bool = False  # ... because Redis failed, not because of the call: rewind it
 
     @property
@@ -265,6 +300,13 @@ class WorkerRuntime:
         self._outage = False  # Redis failed since the last heartbeat that went through
         self._heartbeat_lock = asyncio.Lock()  # the loop's and a recovering claim loop's
         self._group_ok = False
+        # Backlog calls waiting (call id -> its `started` entry id and call), oldest first.
+        self._deferred: dict[str, tuple[str, CallStarted]] = {}
+        self._backlog_speed = max(settings.worker_backlog_speed, 0.1)
+        self._backlog_cost = backlog_cost(self._backlog_speed, max_calls)
+        # When each backlog "lane" may be read again: a backlog call that finishes hands its
+        # pace to the next, so short calls one after another go no faster than long ones.
+        self._lanes: list[float] = []
         self._audio_kinds: list[str] = [kind] if inputs.audio else []
         self._kinds_read_at = -KINDS_REFRESH_S
         self._kinds_lock = asyncio.Lock()  # one refresh at a time (calls finish together)
@@ -389,6 +431,7 @@ class WorkerRuntime:
             await self._redis.aclose()
             self._redis = None
         self._calls.clear()
+        self._deferred.clear()
         self._metrics.owned.set(0)
         self._idle.set()
 
@@ -445,7 +488,15 @@ class WorkerRuntime:
 
     @property
     def _free(self) -> int:
-        return self._max_calls - len(self._calls)
+        """Room for live calls (backlog calls give theirs up: see _make_room)."""
+        return self._max_calls - sum(1 for call in self._calls.values() if not call.backlog)
+
+    def _holds(self, call_id: str) -> bool:
+        return call_id in self._calls or call_id in self._deferred
+
+    def _load(self) -> int:
+        backlog = sum(1 for call in self._calls.values() if call.backlog and not call.parking)
+        return len(self._calls) - backlog + backlog * self._backlog_cost
 
     async def _claim_loop(self) -> None:
         assert self._redis is not None
@@ -491,11 +542,13 @@ class WorkerRuntime:
                         )
                     for _, entries in reply or ():
                         await self._offer(entries, how="new")
+                    await self._start_backlog()
                 else:
                     self._capacity.clear()
                     with contextlib.suppress(TimeoutError):
                         async with asyncio.timeout(self._heartbeat_s):
                             await self._capacity.wait()
+                    await self._start_backlog()
                 self._redis_up()
                 backoff_s = 0.1
             except (RedisError, OSError) as exc:  # OSError includes TimeoutError
@@ -522,30 +575,46 @@ class WorkerRuntime:
 
     async def _offer(self, entries: StreamEntries, *, how: str) -> None:
         """Decide on delivered `started` entries, with a fixed number of round trips."""
+        if entries:
+            offers = [(entry_id.decode(), parse_offer(fields)) for entry_id, fields in entries]
+            await self._decide(offers, how=how)
+
+    async def _start_backlog(self) -> None:
+        """Serve deferred backlog calls with the capacity live calls leave."""
+        room = (self._max_calls - self._load()) // self._backlog_cost
+        if room <= 0 or not self._deferred or self._stopping:
+            return
+        chosen = list(self._deferred.items())[:room]
+        for call_id, _ in chosen:
+            del self._deferred[call_id]
+        self._metrics.deferred.set(len(self._deferred))
+        await self._decide([(entry_id, call) for _, (entry_id, call) in chosen], how="backlog")
+
+    async def _decide(
+        self, offers: Sequence[tuple[str, CallStarted | CallEnded | str]], *, how: str
+    ) -> None:
+        """``how``: ``new`` (XREADGROUP), ``failover`` (XAUTOCLAIM) or ``backlog`` (deferred
+        here, now served)."""
         assert self._redis is not None
         assert self._writer is not None
-        if not entries:
-            return
-        offers = [(entry_id.decode(), parse_offer(fields)) for entry_id, fields in entries]
         now_ms = int(time.time() * 1000)
-        looked_up: list[tuple[str, CallStarted, bool, bool]] = []  # (entry, call, xpending, exists)
+        looked_up: list[tuple[str, CallStarted, bool]] = []  # (entry, call, xpending)
         async with self._redis.pipeline(transaction=False) as pipe:
             for entry_id, offer in offers:
-                if not isinstance(offer, CallStarted) or offer.call_id in self._calls:
+                if not isinstance(offer, CallStarted) or self._holds(offer.call_id):
                     continue
                 pipe.hgetall(self._keys.checkpoint(self._kind, offer.call_id))
                 if how == "failover":
                     pipe.xpending_range(
                         self._keys.calls, self._group, min=entry_id, max=entry_id, count=1
                     )
-                old = needs_stream_check(offer, now_ms, self._settings.call_ttl_s)
-                if old:
-                    pipe.exists(self._keys.call_in(offer.call_id))
-                looked_up.append((entry_id, offer, how == "failover", old))
+                pipe.xrevrange(self._keys.call_in(offer.call_id), count=1)
+                looked_up.append((entry_id, offer, how == "failover"))
             replies: list[Any] = await pipe.execute() if looked_up else []
-        answers: dict[str, tuple[Checkpoint, int, bool]] = {}
+        answers: dict[str, tuple[Checkpoint, int, bool, bool]] = {}
         at = 0
-        for entry_id, _, pending, old in looked_up:
+        idle_s = self._settings.call_idle_timeout_s
+        for entry_id, offer, pending in looked_up:
             checkpoint = Checkpoint.parse(replies[at])
             at += 1
             deliveries = 1
@@ -553,19 +622,26 @@ class WorkerRuntime:
                 rows = replies[at]
                 at += 1
                 deliveries = int(rows[0]["times_delivered"]) if rows else 1
-            exists = True
-            if old:
-                exists = bool(replies[at])
-                at += 1
-            answers[entry_id] = (checkpoint, deliveries, exists)
+            last = cast(StreamEntries, replies[at])
+            at += 1
+            # Only an old call's stream may have expired (an events-only kind can see a
+            # young call's audio deleted, every audio-reading kind being done with it).
+            exists = bool(last) or not needs_stream_check(offer, now_ms, self._settings.call_ttl_s)
+            over = is_over(last[0] if last else None, now_ms, idle_s)
+            answers[entry_id] = (checkpoint, deliveries, exists, over)
         takes: list[tuple[str, Take]] = []
+        backlog: set[str] = set()
         given_up = 0
         for entry_id, offer in offers:
-            checkpoint, deliveries, exists = answers.get(entry_id, (Checkpoint(), 1, True))
+            checkpoint, deliveries, exists, over = answers.get(
+                entry_id, (Checkpoint(), 1, True, False)
+            )
             decision = decide(
                 offer,
                 how=how,
-                owned=self._calls.keys() | {t.call.call_id for _, t in takes},
+                owned=self._calls.keys()
+                | self._deferred.keys()
+                | {t.call.call_id for _, t in takes},
                 stopping=self._stopping,
                 checkpoint=checkpoint,
                 deliveries=deliveries,
@@ -573,6 +649,14 @@ class WorkerRuntime:
                 max_attempts=self._settings.worker_max_attempts,
             )
             if isinstance(decision, Take):
+                call_id = decision.call.call_id
+                if how == "backlog":
+                    backlog.add(call_id)
+                elif over and len(self._deferred) < self._settings.worker_max_deferred:
+                    # Over already: behind every live call (ours stays claimed meanwhile).
+                    self._deferred[call_id] = (entry_id, decision.call)
+                    self._metrics.deferred.set(len(self._deferred))
+                    continue
                 takes.append((entry_id, decision))
             elif isinstance(decision, Ack):
                 if decision.why.startswith("malformed"):
@@ -592,7 +676,20 @@ class WorkerRuntime:
             resumed = how == "failover"
             histories = await self._histories([take for _, take in takes], resumed)
             for (entry_id, take), history in zip(takes, histories, strict=True):
-                self._take(entry_id, take, history, how)
+                self._take(entry_id, take, history, how, backlog=take.call.call_id in backlog)
+            self._make_room()
+
+    def _make_room(self) -> None:
+        """Live calls come first: while the replica is over its capacity, park the backlog
+        calls taken last (each finishes the batch it is on, is checkpointed and deferred)."""
+        excess = self._load() - self._max_calls
+        for call in reversed(list(self._calls.values())):
+            if excess <= 0:
+                return
+            if call.backlog and not call.parking and not call.finishing:
+                call.parking = True
+                call.wake.set()
+                excess -= self._backlog_cost
 
     async def _histories(self, takes: Sequence[Take], taken_over: bool) -> list[list[Event]]:
         """The recent events of the calls taken over (for their handlers and the dedupe)."""
@@ -612,7 +709,9 @@ class WorkerRuntime:
                 found[take.call.call_id] = events
         return [found.get(take.call.call_id, []) for take in takes]
 
-    def _take(self, entry_id: str, take: Take, history: list[Event], how: str) -> None:
+    def _take(
+        self, entry_id: str, take: Take, history: list[Event], how: str, *, backlog: bool = False
+    ) -> None:
         assert self._writer is not None
         call, checkpoint = take.call, take.checkpoint
         call_id = call.call_id
@@ -626,10 +725,11 @@ class WorkerRuntime:
         events = RedisEventOut(
             self._writer, call_id, self._settings, (event.id for event in history)
         )
+        audio_out = RedisAudioOut(self._writer, call_id, self._settings)
         ctx = CallContext(
             call=call,
             kind=self._kind,
-            audio=RedisAudioOut(self._writer, call_id, self._settings),
+            audio=audio_out,
             events=events,
             state=dict(checkpoint.state),
             resumed=how == "failover" or checkpoint.exists,
@@ -646,6 +746,9 @@ class WorkerRuntime:
             processed_in=checkpoint.in_id,
             processed_events=checkpoint.events_id,
             heard_at=time.monotonic(),
+            audio_out=audio_out,
+            backlog=backlog,
+            next_read=heapq.heappop(self._lanes) if backlog and self._lanes else 0.0,
         )
         self._calls[call_id] = owned
         self._idle.clear()
@@ -714,8 +817,13 @@ class WorkerRuntime:
         while not self._stopping:
             streams: dict[str, str] = {}
             owners: dict[str, _Call] = {}
+            now = time.monotonic()
+            wait_s = self._heartbeat_s
             for call in self._calls.values():
-                if call.busy or call.finishing:
+                if call.busy or call.finishing or call.throttled:
+                    continue
+                if call.next_read > now:  # a backlog call ahead of its pace
+                    wait_s = min(wait_s, call.next_read - now)
                     continue
                 for key, position in call.input.streams().items():
                     streams[key] = position
@@ -723,7 +831,7 @@ class WorkerRuntime:
             if not streams:
                 self._readable.clear()
                 with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(self._heartbeat_s):
+                    async with asyncio.timeout(wait_s):
                         await self._readable.wait()
                 continue
             try:
@@ -755,6 +863,8 @@ class WorkerRuntime:
             call = owners.get(key)
             if call is None or self._calls.get(call.call_id) is not call:
                 continue  # dropped (lost, failed) while the read was out
+            if call.throttled:
+                continue  # throttled while the read was out: read again when let go
             entries = [(entry_id, fields(flat)) for entry_id, flat in raw]
             audio, events = read.get(call, ([], []))
             if key == call.input.in_key:
@@ -774,6 +884,9 @@ class WorkerRuntime:
                 log.warning("call %s: skipped %s", call.call_id, why)
             if audio:
                 call.heard_at = now
+            if call.backlog:
+                paced = (len(audio) + len(events)) * FRAME_S / self._backlog_speed
+                call.next_read = max(call.next_read, now) + paced
             if call.input.call_ended and call.ended_at is None:
                 call.ended_at = now
             if batch.items:
@@ -809,6 +922,9 @@ class WorkerRuntime:
                     return  # handed back by aclose, from the last processed batch
                 batch, call.batch = call.batch, None
                 if batch is None:
+                    if call.parking:
+                        self._park(call)
+                        return
                     continue
                 if batch.items:
                     await handler.handle(batch.items)
@@ -822,6 +938,9 @@ class WorkerRuntime:
                     raise WriteFailed(call.error)
                 if call.input.complete:
                     break
+                if call.parking:
+                    self._park(call)
+                    return
                 if self._halted():
                     return
                 call.busy = False
@@ -854,6 +973,14 @@ class WorkerRuntime:
                 call.task = asyncio.create_task(self._rewind(call), name=f"rewind-{call.call_id}")
             elif not self._stopping:
                 self._drop(call)
+
+    def _park(self, call: _Call) -> None:
+        """Defer a backlog call for a live one: checkpointed, first in line again (its entry
+        stays ours; the handler is closed, and a later owner resumes at the checkpoint)."""
+        self._save_checkpoint(call)
+        self._deferred = {call.call_id: (call.entry_id, call.call), **self._deferred}
+        self._metrics.deferred.set(len(self._deferred))
+        log.info("worker %s: parked backlog call %s for a live call", self._kind, call.call_id)
 
     def _failed(self, call: _Call, exc: Exception) -> None:
         """The call stays pending: after its idle timeout another replica retries it (up to
@@ -888,6 +1015,9 @@ class WorkerRuntime:
             return
 
     def _drop(self, call: _Call) -> None:
+        if call.backlog:
+            heapq.heappush(self._lanes, call.next_read)
+            del self._lanes[self._max_calls :]
         if self._calls.get(call.call_id) is call:
             del self._calls[call.call_id]
         self._metrics.owned.set(len(self._calls))
@@ -958,12 +1088,13 @@ class WorkerRuntime:
 
     async def _beat(self) -> None:
         assert self._redis is not None
-        if not self._calls:
+        if not self._calls and not self._deferred:
             self._outage = False
             return
         outage = self._outage
         mine = await self._pending_ids()
-        owned = {c.call_id: c.entry_id for c in self._calls.values()}
+        deferred = {call_id: entry_id for call_id, (entry_id, _) in self._deferred.items()}
+        owned = {c.call_id: c.entry_id for c in self._calls.values()} | deferred
         settled = {c.call_id for c in self._calls.values() if c.finishing or c.trimmed}
         missing = missing_entries(owned, mine, settled)
         if missing:
@@ -973,6 +1104,16 @@ class WorkerRuntime:
                     pipe.xrange(self._keys.calls, entry_id, entry_id)
                 present = [bool(found) for found in await pipe.execute()]
             lost, trimmed = classify_missing(missing, present)
+            for call_id in missing:
+                if self._deferred.pop(call_id, None) is not None:
+                    log.warning(
+                        "worker %s: backlog call %s left this replica before it was served",
+                        self._kind,
+                        call_id,
+                    )
+            lost = [call_id for call_id in lost if call_id not in deferred]
+            trimmed = [call_id for call_id in trimmed if call_id not in deferred]
+            self._metrics.deferred.set(len(self._deferred))
             for call_id in lost:
                 self._lose(call_id, outage=outage)
             for call_id in trimmed:
@@ -987,6 +1128,7 @@ class WorkerRuntime:
                 )
         calls = [c for c in self._calls.values() if not c.finishing]
         claim: list[StreamIdT] = [c.entry_id for c in calls if not c.trimmed]
+        claim += [entry_id for entry_id, _ in self._deferred.values()]
         if claim:
             await self._redis.xclaim(
                 self._keys.calls, self._group, self.consumer, 0, claim, justid=True
@@ -996,10 +1138,54 @@ class WorkerRuntime:
         serving = [c for c in calls if not c.outage]
         for call in serving:
             self._save_checkpoint(call)
+        await self._throttle(serving)
         await self._check_liveness(serving)
         if self._inputs.audio:
             await self._trim(serving, finished=False)
         self._outage = False
+
+    async def _throttle(self, calls: Sequence[_Call]) -> None:
+        """Back-pressure from playback: a call whose out stream holds more than half of
+        CS_OUT_STREAM_MAXLEN entries (egress reads only what it can buffer, so the rest waits
+        there; past MAXLEN the oldest would be dropped) is not read until it is down to a
+        quarter: its handler gets no input meanwhile, and so makes no more audio. A call that
+        is over (nobody will play its audio any more) is read again, to its end."""
+        assert self._redis is not None
+        playing = [c for c in calls if c.audio_out is not None and c.audio_out.played]
+        if not playing:
+            return
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for call in playing:
+                assert call.audio_out is not None
+                pipe.xlen(call.audio_out.key)
+                pipe.xrevrange(call.input.in_key, count=1)
+            replies = await pipe.execute()
+        high = self._settings.out_stream_maxlen // 2
+        low = self._settings.out_stream_maxlen // 4
+        now = time.monotonic()
+        now_ms = int(time.time() * 1000)
+        for at, call in enumerate(playing):
+            length = replies[2 * at]
+            last = cast(StreamEntries, replies[2 * at + 1])
+            if is_over(last[0] if last else None, now_ms, self._settings.call_idle_timeout_s):
+                length = 0
+            if not call.throttled and length > high:
+                call.throttled = True
+                self._metrics.throttled.inc()
+                log.warning(
+                    "worker %s: call %s has %d entries of audio waiting to be played (more than "
+                    "half of CS_OUT_STREAM_MAXLEN); not reading it until they are down to %d",
+                    self._kind,
+                    call.call_id,
+                    length,
+                    low,
+                )
+            elif call.throttled and length <= low:
+                call.throttled = False
+                self._readable.set()
+            if call.throttled:
+                call.heard_at = now  # held back by us, not gone quiet
+        self._metrics.throttled_now.set(sum(1 for c in self._calls.values() if c.throttled))
 
     def _lose(self, call_id: str, *, outage: bool = False) -> None:
         """Our heartbeat came too late and another replica took the call over: it resumes from
@@ -1184,7 +1370,7 @@ class WorkerRuntime:
             self._group,
             min="-",
             max="+",
-            count=max(1000, 4 * self._max_calls),
+            count=max(1000, 4 * self._max_calls + len(self._deferred)),
             consumername=self.consumer,
         )
         return {
@@ -1213,6 +1399,10 @@ class WorkerRuntime:
                 # The next owner's claim counts as a delivery; a hand-back is no failure.
                 key = self._keys.checkpoint(self._kind, call.call_id)
                 self._writer.add("", "HINCRBY", key, F_HANDBACKS, 1)
+            for call_id in self._deferred:  # backlog never served here: no attempt either
+                key = self._keys.checkpoint(self._kind, call_id)
+                self._writer.add("", "HINCRBY", key, F_HANDBACKS, 1)
+                self._writer.add("", "EXPIRE", key, self._settings.call_ttl_s)
             await self._writer.drain()  # checkpoints first: then the entries may go
             if held:
                 await self._redis.xclaim(

@@ -7,6 +7,7 @@ import asyncio
 import base64
 import contextlib
 import json
+import socket
 import time
 import urllib.error
 import urllib.request
@@ -18,7 +19,7 @@ from websockets.protocol import State
 
 from callstream.demo import synth_talker
 from callstream.shared.audio import chunk, is_silent
-from callstream.shared.entries import decode_call
+from callstream.shared.entries import OutAudio, decode_call, encode_out
 from callstream.shared.settings import Settings
 from callstream.simulate import metadata_message, simulate
 from tests.helpers import (
@@ -308,3 +309,44 @@ async def test_a_gateway_holds_at_most_its_calls_and_an_address_at_most_its_sock
         assert 'reason="too_many_connections"} 1.0' in await metrics(url)
         for conn in held:
             await conn.close()
+
+
+async def test_a_client_that_does_not_read_its_audio_is_closed(
+    settings: Settings, redis: aioredis.Redis
+) -> None:
+    """A call that sends but never reads (its receive window shut): audio for it would pile up
+    in the gateway. Once its socket has taken nothing for CS_EGRESS_STALL_TIMEOUT_S it is
+    closed with 1008 "not reading", counted, and the call ends; a good call on the same
+    gateway hears all of its echo."""
+    talker = synth_talker(16000, 3.0, (0.1, 2.8), 150.0, seed=5)
+    env = {"CS_EGRESS_STALL_TIMEOUT_S": "1", "CS_INBOUND_IDLE_TIMEOUT_S": "120"}
+    async with gateway_process(settings, env=env) as url, worker_process(settings, "echo"):
+        good = asyncio.create_task(simulate(url, [talker], call_ids=["reader"], linger_s=1.0))
+        host, port = url.removeprefix("ws://").removesuffix("/ws").split(":")
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect((host, int(port)))
+        # max_queue=1: the client stops reading its socket once one message waits unread.
+        async with connect(f"{url}/deaf?mode=mixed", sock=sock, max_queue=1) as conn:
+            await conn.send(metadata_message(16000))
+            await conn.send(unmixed_frame(""))  # the call is published
+            await wait_for_entry(
+                redis, settings.keys.calls, lambda f: decode_call(f).call_id == "deaf", 10
+            )
+            # A minute of answer for it, as a worker would write it: egress paces it out.
+            async with redis.pipeline(transaction=False) as pipe:
+                for _ in range(3000):
+                    pipe.xadd(settings.keys.call_out("deaf"), encode_out(OutAudio(b"\x01" * 640)))
+                await pipe.execute()
+
+            async def let_go() -> bool:
+                return 'callstream_ingress_rejects_total{reason="not_reading"} 1.0' in (
+                    await metrics(url)
+                )
+
+            await until(let_go, timeout_s=60)
+            code, reason = await closed_with(conn)  # reading again: the audio, then the close
+        assert (code, reason) == (1008, "not reading")
+        await wait_for_event(redis, settings.keys.call_events("deaf"), "call.ended", 10)
+        [result] = await good
+    assert speech_frames(result.recording) == speech_frames(talker)

@@ -750,6 +750,96 @@ async def _echoed_at_least(
     return len(await echoed_seqs(redis, settings, call_id)) >= count
 
 
+async def test_a_live_call_is_served_before_a_backlog_of_calls_that_ended_unserved(
+    redis: aioredis.Redis, settings: Settings
+) -> None:
+    """Twenty calls began and ended while no replica served them (3 s of audio each); then a
+    live call starts. A replica with room for four calls (a backlog call at 8x real time costs
+    all four) takes the live call at once, parking the backlog call it was on, and serves the
+    backlog with the room the live call leaves: none while it lives. Every backlog call is
+    still served completely. (Before, the replica worked through every ended call first.)"""
+    local = dataclasses.replace(settings, worker_backlog_speed=8.0)
+    backlog = [f"ended-{i}" for i in range(20)]
+    for call_id in backlog:
+        await start_call(redis, local, call_id)
+        await add_frames(redis, local, call_id, 0, 150)
+        await end_call(redis, local, call_id)
+    await start_call(redis, local, "live")
+    await add_frames(redis, local, "live", 0, 5)
+    registry = CollectorRegistry()
+
+    async def done(call_id: str) -> bool:
+        return await redis.hget(local.keys.checkpoint("echo", call_id), "done") == b"1"
+
+    async with runtime(local, "a", max_calls=4, registry=registry) as worker:
+        await until(lambda: _echoed_at_least(redis, local, "live", 5))
+        finished = [call_id for call_id in backlog if await done(call_id)]
+        assert len(finished) <= 2, finished  # at most what it did before it read "live"
+        assert "live" in worker.owned
+        await end_call(redis, local, "live")
+
+        async def all_done() -> bool:
+            return all([await done(call_id) for call_id in backlog])
+
+        await until(all_done, timeout_s=60)
+    for call_id in backlog:
+        assert sorted(set(await echoed_seqs(redis, local, call_id))) == list(range(150))
+    assert registry.get_sample_value("callstream_worker_backlog_calls", {"kind": "echo"}) == 0
+
+
+class Chatterbox:
+    """A handler that answers every entry with ``chunks`` chunks of audio (a runaway agent)."""
+
+    def __init__(self, ctx: CallContext, seen: list[str], chunks: int) -> None:
+        self.ctx, self.seen, self.chunks = ctx, seen, chunks
+
+    async def handle(self, batch: Sequence[Item]) -> None:
+        for entry_id, _ in batch:
+            self.seen.append(entry_id)
+            for _ in range(self.chunks):
+                self.ctx.audio.play(b"\x01" * 640)
+
+    async def aclose(self) -> None:
+        pass
+
+
+async def test_a_call_whose_audio_is_not_played_fast_enough_is_not_read(
+    redis: aioredis.Redis, settings: Settings
+) -> None:
+    """Back-pressure from playback: a handler answers each frame with 600 chunks while nobody
+    plays them. Once the call's out stream holds more than half of CS_OUT_STREAM_MAXLEN
+    (here 1000) the call is not read, so its handler makes no more (before, it went on and
+    MAXLEN dropped the oldest audio); when egress has taken the audio it is read again."""
+    local = dataclasses.replace(settings, out_stream_maxlen=1000)
+    seen: list[str] = []
+    registry = CollectorRegistry()
+
+    def factory(ctx: CallContext) -> CallHandler:
+        return Chatterbox(ctx, seen, 600)
+
+    async with runtime(local, "a", factory=factory, registry=registry):
+        await start_call(redis, local, "chatty")
+        ids = await add_frames(redis, local, "chatty", 0, 1)
+        await until(lambda: _seen_at_least(seen, 1))
+
+        async def throttled() -> bool:
+            return bool(
+                registry.get_sample_value("callstream_worker_throttled_calls", {"kind": "echo"})
+            )
+
+        await until(throttled)
+        ids += await add_frames(redis, local, "chatty", 1, 10)
+        await until_redis_ran(redis, "xlen", 3)  # three heartbeats looked, none let it read
+        assert seen == ids[:1]
+        await redis.xtrim(local.keys.call_out("chatty"), maxlen=0)  # egress played it all
+        await until(lambda: _seen_at_least(seen, 2))
+        ids.append(await end_call(redis, local, "chatty"))
+        await until(lambda: _seen_at_least(seen, len(ids)))
+    assert seen == ids
+    throttles = registry.get_sample_value("callstream_worker_throttles_total", {"kind": "echo"})
+    assert throttles is not None and throttles >= 1
+
+
 # ------------------------------------------------------------------ long calls
 
 
@@ -795,10 +885,13 @@ async def test_a_call_older_than_the_ttl_is_served_while_its_stream_exists(
 
         await until(both_handled)
     assert await echoed_seqs(redis, settings, "long") == list(range(5))
-    taken = registry.get_sample_value(
-        "callstream_worker_calls_taken_total", {"kind": "echo", "how": "new"}
-    )
-    assert taken == 1  # "long" only
+    taken = {
+        how: registry.get_sample_value(
+            "callstream_worker_calls_taken_total", {"kind": "echo", "how": how}
+        )
+        for how in ("new", "backlog")
+    }
+    assert taken == {"new": None, "backlog": 1}  # "long" only, over before it was taken
 
 
 async def until_redis_ran(redis: aioredis.Redis, command: str, times: int) -> None:

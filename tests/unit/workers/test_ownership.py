@@ -29,8 +29,10 @@ from callstream.workers.ownership import (
     Ignore,
     Take,
     audio_trim_id,
+    backlog_cost,
     classify_missing,
     decide,
+    is_over,
     missing_entries,
     needs_stream_check,
     parse_offer,
@@ -272,3 +274,28 @@ def test_audio_is_trimmed_behind_the_slowest_reader_with_the_margin() -> None:
     done = Checkpoint(done=True, exists=True)
     assert audio_trim_id([done, slow], margin_ms=0) == "60000-4"  # exact: up to the entry
     assert audio_trim_id([done, done], margin_ms=5000) == ALL
+
+
+# --------------------------------------------------------------------------- backlog
+
+
+def test_a_call_is_over_when_its_last_entry_is_the_end_marker_or_old() -> None:
+    now_ms = 1_700_000_100_000
+    frame = as_redis(encode_in(InFrame(1, 0, "", 0, False, bytes(640))))
+    end = as_redis(encode_in(InEnd("normal")))
+    recent = f"{now_ms - 1_000}-0".encode()
+    stale = f"{now_ms - 61_000}-0".encode()
+    assert is_over((recent, end), now_ms, 60.0)  # the gateway ended it
+    assert not is_over((recent, frame), now_ms, 60.0)  # streaming
+    assert is_over((stale, frame), now_ms, 60.0)  # its gateway went away a minute ago
+    assert not is_over(None, now_ms, 60.0)  # no frame yet, or audio deleted: no evidence
+    assert not is_over((recent, {b"kind": b"nonsense"}), now_ms, 60.0)
+
+
+@pytest.mark.parametrize(
+    ("speed", "max_calls", "cost"), [(4.0, 50, 4), (2.5, 50, 3), (8.0, 4, 4), (0.5, 10, 1)]
+)
+def test_a_backlog_call_costs_its_speed_in_calls_at_most_the_replica(
+    speed: float, max_calls: int, cost: int
+) -> None:
+    assert backlog_cost(speed, max_calls) == cost
