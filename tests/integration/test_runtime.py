@@ -837,7 +837,8 @@ async def test_a_call_whose_audio_is_not_played_fast_enough_is_not_read(
         await until(lambda: _seen_at_least(seen, len(ids)))
     assert seen == ids
     throttles = registry.get_sample_value("callstream_worker_throttles_total", {"kind": "echo"})
-    assert throttles is not None and throttles >= 1
+    assert throttles is not None
+    assert throttles >= 1
 
 
 # ------------------------------------------------------------------ long calls

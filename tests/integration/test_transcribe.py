@@ -17,6 +17,7 @@ from typing import TypeVar, cast
 import numpy as np
 import pytest
 import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
 
 from callstream.emulator.wav import load_wav
 from callstream.ingress.server import Gateway
@@ -383,10 +384,63 @@ async def test_a_new_owner_does_not_publish_again_what_the_dead_one_published(
     ]
 
 
+async def test_a_live_call_is_transcribed_before_a_backlog_of_calls_that_ended_unserved(
+    settings: Settings, redis: aioredis.Redis, call_audio: tuple[bytes, list[int]]
+) -> None:
+    """The outage of issue 9: forty calls began and ended while no transcribe replica ran.
+    A replica (room for four calls) started then takes a live call arriving after them at
+    once, and transcribes it to its end while the backlog waits (before, it decoded every
+    ended call first, at full CPU, and the live call waited minutes)."""
+    audio, _ = call_audio
+    frames = in_frames(audio)
+    backlog = [f"missed-{i}" for i in range(40)]
+    now_ms = int(time.time() * 1000)
+    for call_id in backlog:
+        await redis.xadd(
+            settings.keys.calls, encode_call(CallStarted(call_id, RATE, "mixed", now_ms, "test"))
+        )
+        await _add(redis, settings.keys.call_in(call_id), frames)
+        await redis.xadd(settings.keys.call_in(call_id), encode_in(InEnd("normal")))
+    replica = await transcribe_replica(settings, "r1", 0.3, "--max-calls", "4")
+    try:
+        live_key = settings.keys.call_in("live")
+        started = await redis.xadd(
+            settings.keys.calls,
+            encode_call(CallStarted("live", RATE, "mixed", int(time.time() * 1000), "test")),
+        )
+        await _add(redis, live_key, frames[:50])
+
+        async def live_taken() -> bool:
+            try:
+                rows = await redis.xpending_range(
+                    settings.keys.calls, settings.keys.group("transcribe"), started, started, 1
+                )
+            except ResponseError:  # NOGROUP: the replica has not made its group yet
+                return False
+            return bool(rows)
+
+        await until(live_taken, timeout_s=60)
+        await _add(redis, live_key, frames[50:])
+        await redis.xadd(live_key, encode_in(InEnd("normal")))
+        await wait_for_event(redis, settings.keys.call_events("live"), "transcribe.done", 60)
+        served = [
+            call_id
+            for call_id in backlog
+            if await redis.hget(settings.keys.checkpoint("transcribe", call_id), "done") == b"1"
+        ]
+        assert len(served) < len(backlog) // 2, served
+        events = await read_events(redis, settings.keys.call_events("live"))
+        assert finals(events)  # it was transcribed
+    finally:
+        replica.kill()
+        await replica.wait()
+
+
 async def transcribe_replica(
-    settings: Settings, name: str, heartbeat_s: float
+    settings: Settings, name: str, heartbeat_s: float, *args: str
 ) -> asyncio.subprocess.Process:
-    """A `callstream worker transcribe` process named ``name`` in the group."""
+    """A `callstream worker transcribe` process named ``name`` in the group (``args``: more
+    options)."""
     env = {**os.environ, "REDIS_URL": settings.redis_url, "CS_PREFIX": settings.prefix}
     return await asyncio.create_subprocess_exec(
         sys.executable,
@@ -398,6 +452,7 @@ async def transcribe_replica(
         name,
         "--heartbeat-s",
         str(heartbeat_s),
+        *args,
         env=env,
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.DEVNULL,
