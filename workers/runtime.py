@@ -238,6 +238,7 @@ class _Call:
     parking: bool = False  # a live call needs its capacity: defer it after this batch
     audio_out: RedisAudioOut | None = None
     throttled: bool = False  # its out stream is too long: not read until egress catches up
+    unplayed: bool = False  # over while throttled: nobody will play its audio, read it to its end
     outage: bool = False  # ... because Redis failed, not because of the call: rewind it
 
     @property
@@ -1151,24 +1152,29 @@ class WorkerRuntime:
         quarter: its handler gets no input meanwhile, and so makes no more audio. A call that
         is over (nobody will play its audio any more) is read again, to its end."""
         assert self._redis is not None
-        playing = [c for c in calls if c.audio_out is not None and c.audio_out.played]
+        playing = [
+            c for c in calls if c.audio_out is not None and c.audio_out.played and not c.unplayed
+        ]
         if not playing:
             return
         async with self._redis.pipeline(transaction=False) as pipe:
             for call in playing:
                 assert call.audio_out is not None
                 pipe.xlen(call.audio_out.key)
-                pipe.xrevrange(call.input.in_key, count=1)
-            replies = await pipe.execute()
+                if call.throttled:  # is it over? (only a throttled call can miss its end)
+                    pipe.xrevrange(call.input.in_key, count=1)
+            replies = iter(await pipe.execute())
         high = self._settings.out_stream_maxlen // 2
         low = self._settings.out_stream_maxlen // 4
         now = time.monotonic()
         now_ms = int(time.time() * 1000)
-        for at, call in enumerate(playing):
-            length = replies[2 * at]
-            last = cast(StreamEntries, replies[2 * at + 1])
-            if is_over(last[0] if last else None, now_ms, self._settings.call_idle_timeout_s):
-                length = 0
+        for call in playing:
+            length = next(replies)
+            if call.throttled:
+                last = cast(StreamEntries, next(replies))
+                if is_over(last[0] if last else None, now_ms, self._settings.call_idle_timeout_s):
+                    call.unplayed = True
+                    length = 0
             if not call.throttled and length > high:
                 call.throttled = True
                 self._metrics.throttled.inc()

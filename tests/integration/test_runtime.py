@@ -817,17 +817,19 @@ async def test_a_call_whose_audio_is_not_played_fast_enough_is_not_read(
     def factory(ctx: CallContext) -> CallHandler:
         return Chatterbox(ctx, seen, 600)
 
-    async with runtime(local, "a", factory=factory, registry=registry):
+    async with runtime(local, "a", factory=factory, registry=registry) as worker:
         await start_call(redis, local, "chatty")
         ids = await add_frames(redis, local, "chatty", 0, 1)
         await until(lambda: _seen_at_least(seen, 1))
 
-        async def throttled() -> bool:
-            return bool(
-                registry.get_sample_value("callstream_worker_throttled_calls", {"kind": "echo"})
-            )
+        def throttles() -> float:
+            value = registry.get_sample_value("callstream_worker_throttles_total", {"kind": "echo"})
+            return value or 0.0
 
-        await until(throttled)
+        async def throttled_since(before: float) -> bool:
+            return throttles() > before
+
+        await until(functools.partial(throttled_since, 0.0))
         ids += await add_frames(redis, local, "chatty", 1, 10)
         await until_redis_ran(redis, "xlen", 3)  # three heartbeats looked, none let it read
         assert seen == ids[:1]
@@ -835,10 +837,20 @@ async def test_a_call_whose_audio_is_not_played_fast_enough_is_not_read(
         await until(lambda: _seen_at_least(seen, 2))
         ids.append(await end_call(redis, local, "chatty"))
         await until(lambda: _seen_at_least(seen, len(ids)))
-    assert seen == ids
-    throttles = registry.get_sample_value("callstream_worker_throttles_total", {"kind": "echo"})
-    assert throttles is not None
-    assert throttles >= 1
+        assert seen == ids
+        # A call that ends while throttled (its caller hung up: nobody will play its audio)
+        # is read again, to its end.
+        await until(functools.partial(_not_owned, worker, "chatty"))
+        seen.clear()
+        before = throttles()
+        await start_call(redis, local, "hung-up")
+        hung = await add_frames(redis, local, "hung-up", 0, 1)
+        await until(lambda: _seen_at_least(seen, 1))
+        await until(functools.partial(throttled_since, before))
+        hung += await add_frames(redis, local, "hung-up", 1, 3)
+        hung.append(await end_call(redis, local, "hung-up"))
+        await until(functools.partial(_not_owned, worker, "hung-up"))
+    assert seen == hung
 
 
 # ------------------------------------------------------------------ long calls
