@@ -789,6 +789,8 @@ class Gateway:
         self._publisher.xadd(
             call.call_id, self._keys.call_events(call.call_id), fields, self._settings.events_maxlen
         )
+        if self._settings.redact and event.type == DTMF:
+            return  # keys pressed may be a card number or a PIN: the call's own stream only
         self._publisher.xadd(
             call.call_id, self._keys.insights, fields, self._settings.insights_maxlen
         )

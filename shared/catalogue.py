@@ -58,6 +58,11 @@ __all__ = [
     "FAMILIES",
     "JSON_SCHEMA_DIALECT",
     "KIND_PATTERN",
+    "NLP_INTENT",
+    "NLP_KEY_PHRASES",
+    "NLP_PII",
+    "NLP_SENTIMENT",
+    "NLP_SUMMARY",
     "PLAYBACK_MARK",
     "SPEECH_STARTED",
     "SPEECH_STOPPED",
@@ -81,6 +86,12 @@ JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 SPEECH_STARTED = "speech.started"
 SPEECH_STOPPED = "speech.stopped"
 TRANSCRIPT = "transcript"
+# The nlp worker's (workers/nlp/worker.py).
+NLP_SENTIMENT = "nlp.sentiment"
+NLP_KEY_PHRASES = "nlp.key_phrases"
+NLP_INTENT = "nlp.intent"
+NLP_PII = "nlp.pii"
+NLP_SUMMARY = "nlp.summary"
 DONE_SUFFIX = ".done"
 DONE_FAMILY = "{kind}" + DONE_SUFFIX  # the family's name in FAMILIES and in docs/events.md
 
@@ -109,15 +120,34 @@ def _ticks(what: str) -> dict[str, Any]:
     }
 
 
-def _closed(properties: Mapping[str, Any], description: str) -> dict[str, Any]:
-    """A JSON object with exactly these properties."""
+def _closed(
+    properties: Mapping[str, Any], description: str, optional: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """A JSON object with exactly these properties (and maybe the ``optional`` ones)."""
     return {
         "type": "object",
         "description": description,
-        "properties": dict(properties),
+        "properties": {**properties, **(optional or {})},
         "required": list(properties),
         "additionalProperties": False,
     }
+
+
+_UTTERANCE = {
+    "type": "string",
+    "pattern": r":transcript:[0-3]:[0-9]+$",
+    "description": "the id of the Final transcript event it is about",
+}
+_NULLABLE_PARTICIPANT = {
+    "type": ["string", "null"],
+    "description": "the speaker's participantRawID; null on a mixed call",
+}
+_SCORE = {"type": "number", "minimum": -1, "maximum": 1}
+_NLP_UTTERANCE_ID = r":nlp\.{what}:[0-3]:[0-9]+{tail}$"
+
+
+def _nlp_id(what: str, tail: str = "") -> str:
+    return _NLP_UTTERANCE_ID.replace("{what}", what).replace("{tail}", tail)
 
 
 @dataclass(frozen=True, slots=True)
@@ -348,6 +378,13 @@ _SPECS: tuple[EventSpec, ...] = (
                 "resultStatus": {"enum": ["Intermediate", "Final"]},
             },
             "ACS TranscriptionData",
+            optional={
+                "redacted": {
+                    "const": True,
+                    "description": "on cs:insights in redaction mode (CS_REDACT=1): text and "
+                    "words have each finding replaced by [TYPE]",
+                }
+            },
         ),
         example=_example(
             "transcript:1:5960",
@@ -386,6 +423,144 @@ _SPECS: tuple[EventSpec, ...] = (
             SPEECH_STOPPED,
             "2025-03-14T09:26:56.852Z",
             {"participantRawID": _CALLER, "channel": 1, "offset": 88200000},
+        ),
+    ),
+    EventSpec(
+        type=NLP_SENTIMENT,
+        description="How positive or negative one final utterance sounds (VADER)",
+        publisher="nlp worker",
+        id_format="{call_id}:nlp.sentiment:{channel}:{onset_ms} (the utterance's)",
+        id_pattern=_nlp_id("sentiment"),
+        data=_closed(
+            {
+                "utterance": _UTTERANCE,
+                "participant": _NULLABLE_PARTICIPANT,
+                "score": {**_SCORE, "description": "VADER's compound score"},
+                "label": {
+                    "enum": ["negative", "neutral", "positive"],
+                    "description": "score below -0.05, between, above 0.05",
+                },
+                "rolling": {
+                    **_SCORE,
+                    "description": "the mean score of this participant's utterances so far",
+                },
+            },
+            "the utterance's sentiment",
+        ),
+        example=_example(
+            "nlp.sentiment:1:5960",
+            NLP_SENTIMENT,
+            "2025-03-14T09:26:56.871Z",
+            {
+                "utterance": f"{_CALL}:transcript:1:5960",
+                "participant": _CALLER,
+                "score": -0.6249,
+                "label": "negative",
+                "rolling": -0.3102,
+            },
+        ),
+    ),
+    EventSpec(
+        type=NLP_KEY_PHRASES,
+        description="The key phrases of one final utterance (YAKE), when it has any",
+        publisher="nlp worker",
+        id_format="{call_id}:nlp.key_phrases:{channel}:{onset_ms}",
+        id_pattern=_nlp_id("key_phrases"),
+        data=_closed(
+            {
+                "utterance": _UTTERANCE,
+                "phrases": {
+                    "type": "array",
+                    "items": {"type": "string", "minLength": 1},
+                    "minItems": 1,
+                    "description": "most relevant first",
+                },
+            },
+            "the utterance's key phrases",
+        ),
+        example=_example(
+            "nlp.key_phrases:1:5960",
+            NLP_KEY_PHRASES,
+            "2025-03-14T09:26:56.871Z",
+            {
+                "utterance": f"{_CALL}:transcript:1:5960",
+                "phrases": ["billing department", "transfer"],
+            },
+        ),
+    ),
+    EventSpec(
+        type=NLP_INTENT,
+        description="One intent of the --intents file that a final utterance expresses",
+        publisher="nlp worker",
+        id_format="{call_id}:nlp.intent:{channel}:{onset_ms}:{name}",
+        id_pattern=_nlp_id("intent", ":[^:]+"),
+        data=_closed(
+            {
+                "utterance": _UTTERANCE,
+                "name": {"type": "string", "minLength": 1, "description": "the intent's name"},
+                "score": {
+                    "type": "number",
+                    "minimum": 0,
+                    "maximum": 1,
+                    "description": "how closely it matched (at least the threshold)",
+                },
+            },
+            "the intent",
+        ),
+        example=_example(
+            "nlp.intent:1:5960:billing_question",
+            NLP_INTENT,
+            "2025-03-14T09:26:56.871Z",
+            {
+                "utterance": f"{_CALL}:transcript:1:5960",
+                "name": "billing_question",
+                "score": 0.86,
+            },
+        ),
+    ),
+    EventSpec(
+        type=NLP_PII,
+        description="Personal data found in one final utterance, and the utterance redacted",
+        publisher="nlp worker",
+        id_format="{call_id}:nlp.pii:{channel}:{onset_ms}",
+        id_pattern=_nlp_id("pii"),
+        data=_closed(
+            {
+                "utterance": _UTTERANCE,
+                "participant": _NULLABLE_PARTICIPANT,
+                "redacted_text": {
+                    "type": "string",
+                    "description": "the text with each finding replaced by [TYPE]",
+                },
+                "entities": {
+                    "type": "array",
+                    "minItems": 1,
+                    "items": _closed(
+                        {
+                            "type": {
+                                "type": "string",
+                                "description": "card_number, phone_number, email, ssn, iban, "
+                                "digits (six or more), ...",
+                            },
+                            "start": {"type": "integer", "minimum": 0},
+                            "end": {"type": "integer", "minimum": 0},
+                        },
+                        "one finding: [start, end) in the transcript's text",
+                    ),
+                },
+            },
+            "what was found, and where",
+        ),
+        example=_example(
+            "nlp.pii:1:5960",
+            NLP_PII,
+            "2025-03-14T09:26:56.871Z",
+            {
+                "utterance": f"{_CALL}:transcript:1:5960",
+                "participant": _CALLER,
+                "redacted_text": "my card number is [CARD_NUMBER]",
+                "entities": [{"type": "card_number", "start": 18, "end": 97}],
+            },
         ),
     ),
     EventSpec(
@@ -430,6 +605,107 @@ _SPECS: tuple[EventSpec, ...] = (
         ),
         example=_example(
             "ended", CALL_ENDED, "2025-03-14T09:30:02.318Z", {"reason": "normal", "frames": 9763}
+        ),
+    ),
+    EventSpec(
+        type=NLP_SUMMARY,
+        description="The call in figures, once its last transcript is in",
+        publisher="nlp worker",
+        id_format="{call_id}:nlp.summary",
+        id_pattern=r":nlp\.summary$",
+        data=_closed(
+            {
+                "duration_s": {"type": "number", "minimum": 0},
+                "utterances": {"type": "integer", "minimum": 0},
+                "participants": {
+                    "type": "object",
+                    "description": 'by participantRawID ("" on a mixed call)',
+                    "additionalProperties": _closed(
+                        {
+                            "talk_time_s": {"type": "number", "minimum": 0},
+                            "turns": {"type": "integer", "minimum": 0},
+                            "interruptions": {
+                                "type": "integer",
+                                "minimum": 0,
+                                "description": "turns begun before the other speaker stopped",
+                            },
+                            "mean_sentiment": {"oneOf": [_SCORE, {"type": "null"}]},
+                        },
+                        "one participant",
+                    ),
+                },
+                "silence_ratio": {
+                    "oneOf": [{"type": "number", "minimum": 0, "maximum": 1}, {"type": "null"}],
+                    "description": "the share of the call in which nobody spoke",
+                },
+                "sentiment_trend": _closed(
+                    {
+                        "direction": {"enum": ["improving", "declining", "steady", None]},
+                        "first_half": {"oneOf": [_SCORE, {"type": "null"}]},
+                        "second_half": {"oneOf": [_SCORE, {"type": "null"}]},
+                    },
+                    "mean sentiment of the first and second half of the utterances",
+                ),
+                "key_phrases": {"type": "array", "items": {"type": "string"}},
+                "intents": {
+                    "type": "array",
+                    "items": _closed(
+                        {
+                            "name": {"type": "string"},
+                            "score": {"type": "number", "minimum": 0, "maximum": 1},
+                            "count": {"type": "integer", "minimum": 1},
+                            "first_utterance": _UTTERANCE,
+                        },
+                        "an intent detected, its best score and how often",
+                    ),
+                },
+                "dtmf": {
+                    "type": ["string", "null"],
+                    "description": "the keys pressed, in order; null in redaction mode",
+                },
+                "dtmf_count": {"type": "integer", "minimum": 0},
+            },
+            "the call's summary",
+        ),
+        example=_example(
+            "nlp.summary",
+            NLP_SUMMARY,
+            "2025-03-14T09:30:02.602Z",
+            {
+                "duration_s": 191.3,
+                "utterances": 42,
+                "participants": {
+                    _CALLER: {
+                        "talk_time_s": 71.2,
+                        "turns": 19,
+                        "interruptions": 3,
+                        "mean_sentiment": -0.211,
+                    },
+                    "8:acs:agent": {
+                        "talk_time_s": 64.8,
+                        "turns": 18,
+                        "interruptions": 1,
+                        "mean_sentiment": 0.305,
+                    },
+                },
+                "silence_ratio": 0.289,
+                "sentiment_trend": {
+                    "direction": "improving",
+                    "first_half": -0.184,
+                    "second_half": 0.197,
+                },
+                "key_phrases": ["billing department", "late fee", "refund"],
+                "intents": [
+                    {
+                        "name": "billing_question",
+                        "score": 0.86,
+                        "count": 2,
+                        "first_utterance": f"{_CALL}:transcript:1:5960",
+                    }
+                ],
+                "dtmf": "412",
+                "dtmf_count": 3,
+            },
         ),
     ),
     EventSpec(

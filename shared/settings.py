@@ -68,6 +68,8 @@ class Settings:
     # this much longer (seconds).
     audio_replay_margin_s: float = 5.0
     log_level: str = "INFO"
+    # CS_REDACT=1: nothing on cs:insights carries unredacted text (docs/nlp.md#redaction-mode).
+    redact: bool = False
 
     @property
     def keys(self) -> Keys:
@@ -132,7 +134,19 @@ class Settings:
                 env, "CS_AUDIO_REPLAY_MARGIN_S", defaults.audio_replay_margin_s
             ),
             log_level=(env.get("CS_LOG_LEVEL") or defaults.log_level).upper(),
+            redact=_bool(env, "CS_REDACT", defaults.redact),
         )
+
+
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = (env.get(name) or "").strip().lower()
+    if not raw:
+        return default
+    if raw in {"1", "true", "yes", "on"}:
+        return True
+    if raw in {"0", "false", "no", "off"}:
+        return False
+    raise ConfigError(f"{name} must be 1 or 0 (true/false, yes/no, on/off), got {raw!r}")
 
 
 def _int(env: Mapping[str, str], name: str, default: int, *, allow_zero: bool = False) -> int:

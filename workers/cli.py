@@ -26,7 +26,8 @@ from callstream.workers.runtime import WorkerRuntime
 log = logging.getLogger(__name__)
 
 GROUP = "callstream.workers"
-EXTRAS = {"transcribe": "transcribe"}  # built-in kinds whose dependencies are an extra
+# Built-in kinds whose dependencies are an extra.
+EXTRAS = {"transcribe": "transcribe", "nlp": "nlp"}
 
 
 def available() -> dict[str, EntryPoint]:

@@ -6,7 +6,7 @@ replica's other writes (see :mod:`callstream.workers.writer`).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from callstream.shared.entries import Fields, OutMark, OutStop, encode_out
@@ -55,23 +55,33 @@ class RedisAudioOut:
         self._writer.add(self._call_id, "XADD", self._key, *_xadd(self._maxlen, fields))
 
 
+InsightsView = Callable[[Event], Event | None]
+"""What of an event goes to ``cs:insights``: the event, another version of it (redacted), or
+nothing. The call's own stream always gets the event as it is."""
+
+
 class RedisEventOut:
     """Events of one call, to ``cs:call:{id}:events`` and ``cs:insights``.
 
     ``published`` holds the ids the call's events already had when this replica took the call
     over: publishing one of them again is skipped (a new owner re-reads from the checkpoint).
+    ``insights_view`` (redaction mode) decides what of each event goes to ``cs:insights``.
     """
 
     def __init__(
-        self, writer: Writer, call_id: str, settings: Settings, published: Iterable[str] = ()
+        self,
+        writer: Writer,
+        call_id: str,
+        settings: Settings,
+        published: Iterable[str] = (),
+        insights_view: InsightsView | None = None,
     ) -> None:
         self._writer = writer
         self._call_id = call_id
         keys = settings.keys
-        self._targets = (
-            (keys.call_events(call_id), settings.events_maxlen),
-            (keys.insights, settings.insights_maxlen),
-        )
+        self._call_stream = (keys.call_events(call_id), settings.events_maxlen)
+        self._insights = (keys.insights, settings.insights_maxlen)
+        self._view = insights_view
         self._published = set(published)
 
     def publish(
@@ -85,6 +95,11 @@ class RedisEventOut:
 
     def publish_event(self, event: Event) -> None:
         """Publish a ready-made event (the runtime's own)."""
+        stream, maxlen = self._call_stream
         fields = event.fields()
-        for stream, maxlen in self._targets:
+        self._writer.add(self._call_id, "XADD", stream, *_xadd(maxlen, fields))
+        shown = event if self._view is None else self._view(event)
+        if shown is not None:
+            stream, maxlen = self._insights
+            fields = fields if shown is event else shown.fields()
             self._writer.add(self._call_id, "XADD", stream, *_xadd(maxlen, fields))

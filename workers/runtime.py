@@ -65,7 +65,7 @@ from callstream.shared.entries import (
     XReadReply,
     parse_id,
 )
-from callstream.shared.errors import BusError, EventError
+from callstream.shared.errors import BusError, ConfigError, EventError
 from callstream.shared.events import WORKER_FAILED, Event
 from callstream.shared.settings import Settings
 from callstream.workers.api import (
@@ -104,7 +104,7 @@ from callstream.workers.ownership import (
     parse_offer,
     resume_point,
 )
-from callstream.workers.ports import RedisAudioOut, RedisEventOut
+from callstream.workers.ports import InsightsView, RedisAudioOut, RedisEventOut
 from callstream.workers.writer import Writer, WriterMetrics
 
 log = logging.getLogger(__name__)
@@ -124,6 +124,9 @@ STOP_GRACE_S = 2.0  # at aclose, how long a call may take to finish the batch it
 KINDS_REFRESH_S = 10.0  # how often the list of audio-reading kinds is read again
 EMPTY_STATE = "{}"
 FRAME_S = 0.02  # a backlog call is paced as if every entry were a frame
+# How a call was taken when others may have published results for it already (a replica
+# that died, one that handed it back, a backlog call deferred after either, one rewound here).
+TAKEN_OVER = frozenset({"failover", "backlog", "rewind"})
 
 
 class RuntimeMetrics:
@@ -250,6 +253,17 @@ class WriteFailed(BusError):
     """Redis refused (or could not take) a write of this call."""
 
 
+def redacting_view() -> InsightsView:
+    """CS_REDACT=1: transcripts reach cs:insights redacted, DTMF not at all (docs/nlp.md)."""
+    try:
+        from callstream.workers.nlp.redaction import insights_view  # noqa: PLC0415
+    except ImportError as exc:
+        raise ConfigError(
+            f"CS_REDACT=1 needs the nlp extra (pip install 'callstream[nlp]'): {exc}"
+        ) from None
+    return insights_view
+
+
 def default_consumer() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
@@ -309,6 +323,7 @@ class WorkerRuntime:
         # pace to the next, so short calls one after another go no faster than long ones.
         self._lanes: list[float] = []
         self._audio_kinds: list[str] = [kind] if inputs.audio else []
+        self._insights_view = redacting_view() if settings.redact else None
         self._kinds_read_at = -KINDS_REFRESH_S
         self._kinds_lock = asyncio.Lock()  # one refresh at a time (calls finish together)
 
@@ -674,7 +689,7 @@ class WorkerRuntime:
         if takes:
             # A call delivered before may have had results published by its previous owner,
             # which died before saving a checkpoint: look at its events whenever it is not new.
-            resumed = how == "failover"
+            resumed = how in TAKEN_OVER
             histories = await self._histories([take for _, take in takes], resumed)
             for (entry_id, take), history in zip(takes, histories, strict=True):
                 self._take(entry_id, take, history, how, backlog=take.call.call_id in backlog)
@@ -724,7 +739,11 @@ class WorkerRuntime:
             checkpoint.events_id,
         )
         events = RedisEventOut(
-            self._writer, call_id, self._settings, (event.id for event in history)
+            self._writer,
+            call_id,
+            self._settings,
+            (event.id for event in history),
+            insights_view=self._insights_view,
         )
         audio_out = RedisAudioOut(self._writer, call_id, self._settings)
         ctx = CallContext(
@@ -733,7 +752,7 @@ class WorkerRuntime:
             audio=audio_out,
             events=events,
             state=dict(checkpoint.state),
-            resumed=how == "failover" or checkpoint.exists,
+            resumed=how in TAKEN_OVER or checkpoint.exists,
             history=tuple(history),
             participants=call_input.participants,
             options=self._options,

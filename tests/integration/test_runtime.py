@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, cast
 
+import pytest
 import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry
 
@@ -31,7 +32,7 @@ from callstream.shared.entries import (
 )
 from callstream.shared.events import WORKER_FAILED
 from callstream.shared.settings import Settings
-from callstream.workers.api import CallContext, CallHandler, Item
+from callstream.workers.api import CallContext, CallHandler, Item, keyed_event
 from callstream.workers.echo import echo_factory
 from callstream.workers.runtime import WorkerRuntime
 from tests.helpers import RedisProcess, free_port, until, xrange
@@ -801,6 +802,50 @@ class Chatterbox:
 
     async def aclose(self) -> None:
         pass
+
+
+class Announcer:
+    """A handler that publishes one keyed event per frame (a result about that frame)."""
+
+    def __init__(self, ctx: CallContext) -> None:
+        self.ctx = ctx
+
+    async def handle(self, batch: Sequence[Item]) -> None:
+        for _, value in batch:
+            if isinstance(value, InFrame):
+                self.ctx.events.publish("test.heard", {"seq": value.seq}, key=str(value.seq))
+
+    async def aclose(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("event_types_allowed", [frozenset({"test.heard"})])
+async def test_a_backlog_call_does_not_publish_again_what_its_dead_owner_published(
+    redis: aioredis.Redis, settings: Settings
+) -> None:
+    """A replica died after publishing a result of an ended call and before checkpointing:
+    the call, over now, is backlog for the next replica, which must still look at what was
+    published (as at any takeover) and not publish it again."""
+    await start_call(redis, settings, "orphan")
+    await add_frames(redis, settings, "orphan", 0, 3)
+    await end_call(redis, settings, "orphan")
+    earlier = keyed_event("orphan", "test.heard", {"seq": 0}, key="0")
+    await redis.xadd(settings.keys.call_events("orphan"), dict(earlier.fields()))
+    registry = CollectorRegistry()
+    async with runtime(settings, "a", factory=Announcer, registry=registry):
+
+        async def done() -> bool:
+            checkpoint = settings.keys.checkpoint("echo", "orphan")
+            return await redis.hget(checkpoint, "done") == b"1"
+
+        await until(done)
+    events = await read_events(redis, settings.keys.call_events("orphan"))
+    heard = [e.id for e in events if e.type == "test.heard"]
+    assert heard == [f"orphan:test.heard:{seq}" for seq in range(3)]
+    taken = registry.get_sample_value(
+        "callstream_worker_calls_taken_total", {"kind": "echo", "how": "backlog"}
+    )
+    assert taken == 1
 
 
 async def test_a_call_whose_audio_is_not_played_fast_enough_is_not_read(
