@@ -1,11 +1,12 @@
 """Redaction mode (``CS_REDACT=1``): what of each event may go to ``cs:insights``.
 
 Every worker's events reach ``cs:insights`` through one path (the runtime's event port), which
-asks :func:`insights_view`: transcripts go there redacted (each finding of
+asks :func:`insights_view`: final transcripts go there redacted (each finding of
 :func:`~callstream.workers.nlp.pii.find_pii` replaced by ``[TYPE]``, in the text and in the
-words it spans), DTMF events not at all (the gateway holds them back too: keys pressed may be a
-card number or a PIN). The call's own events stream keeps the originals; it expires with the
-call (``CS_CALL_TTL_S``). docs/nlp.md says what this guarantees and what it does not.
+words it spans); partial transcripts and DTMF events not at all (the gateway holds DTMF back
+too: keys pressed may be a card number or a PIN). The call's own events stream keeps the
+originals; it expires with the call (``CS_CALL_TTL_S``). docs/nlp.md says what this
+guarantees and what it does not.
 """
 
 from __future__ import annotations
@@ -23,6 +24,10 @@ def insights_view(event: Event) -> Event | None:
         return None
     if event.type != TRANSCRIPT:
         return event
+    if event.data.get("resultStatus") != "Final":
+        # A partial may hold the first digits of a number still too short to be known as one
+        # (four digits of a card): partials stay on the call's stream.
+        return None
     text = event.data.get("text")
     if not isinstance(text, str):
         return event
