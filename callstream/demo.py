@@ -1,12 +1,13 @@
 """``callstream demo``: one call through the whole pipeline on an embedded default.
 
 Uses the Redis at ``REDIS_URL`` or starts a private ``redis-server``; runs a gateway, an echo
-worker and a transcription worker in this process (the same classes ``callstream gateway`` and
-``callstream worker echo|transcribe`` run); places an emulated ACS call in which a caller and an
-agent, spoken by flite, take turns; prints the transcripts as they arrive; checks that the audio
-played back into the call is exactly the speech that was sent and that every utterance was
-transcribed; writes the input, the recording and a report. Without flite the talkers are
-synthetic and nothing is transcribed.
+worker, a transcription worker and an NLP worker in this process (the same classes
+``callstream gateway`` and ``callstream worker echo|transcribe|nlp`` run); places an emulated
+ACS call in which a caller and an agent, spoken by Piper (or flite), take turns; prints the
+transcripts and the insights on each as they arrive, and the call's summary at its end; checks
+that the audio played back into the call is exactly the speech that was sent and that every
+utterance was transcribed; writes the input, the recording and a report. Without a
+synthesiser the talkers are synthetic and nothing is transcribed.
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ from callstream.shared.entries import StreamEntries, XReadReply
 from callstream.shared.events import DTMF, Event
 from callstream.shared.settings import Settings
 from callstream.simulate import CallResult, participant_ids, simulate
-from callstream.speech import flite_available, speak
+from callstream.speech import flite_available, piper_available, say
+from callstream.workers.api import Kind
 from callstream.workers.echo import echo_factory
 from callstream.workers.runtime import WorkerRuntime
 from callstream.workers.stt.transcript import TICKS_PER_MS, TRANSCRIPT
@@ -71,24 +73,38 @@ def speech_frames(pcm: bytes, rate_hz: int) -> list[bytes]:
     return [f for f in chunk(pcm, frame_bytes_for(rate_hz)) if not is_silent(f)]
 
 
-# The demo's conversation: a caller and an agent take turns, one sentence each.
-CONVERSATION = (  # (name, text, flite voice)
-    ("caller", "hello i would like to check the balance of my account", "slt"),
-    ("agent", "please hold while i transfer you to the billing department", "rms"),
+# The demo's conversation: a caller and an agent take turns.
+CONVERSATION = (  # (name, text, flite voice when Piper is not installed)
+    (
+        "caller",
+        "hello i have a problem with my bill this is the worst service i have ever had",
+        "slt",
+    ),
+    ("agent", "i am sorry to hear that let me help you with your bill", "rms"),
+    (
+        "caller",
+        "my card number is four one one one one one one one one one one one one one one one",
+        "slt",
+    ),
+    ("agent", "all right let me look at your account", "rms"),
+    ("caller", "i want to cancel my subscription", "slt"),
 )
+SPEAKERS = ("caller", "agent")
+INSIGHTS = frozenset({"nlp.sentiment", "nlp.key_phrases", "nlp.intent", "nlp.pii"})
 
 
 def spoken_talkers(rate_hz: int) -> list[bytes]:
-    """The conversation read by flite: one track per participant, silent while the other
-    speaks (0.5 s lead, 0.8 s between turns, 1 s tail)."""
-    clips = [speak(text, rate_hz, voice=voice) for _, text, voice in CONVERSATION]
+    """The conversation read aloud: one track per participant, silent while the other speaks
+    (0.5 s lead, 0.8 s between turns, 1 s tail)."""
+    clips = [(name, say(text, rate_hz, voice=voice)) for name, text, voice in CONVERSATION]
     lead, gap, tail = (int(rate_hz * s) * 2 for s in (0.5, 0.8, 1.0))
-    total = lead + sum(len(c) for c in clips) + gap * (len(clips) - 1) + tail
-    tracks, at = [], lead
-    for clip in clips:
-        tracks.append(bytes(at) + clip + bytes(total - at - len(clip)))
+    total = lead + sum(len(c) for _, c in clips) + gap * (len(clips) - 1) + tail
+    tracks = {name: bytearray(total) for name in SPEAKERS}
+    at = lead
+    for name, clip in clips:
+        tracks[name][at : at + len(clip)] = clip
         at += len(clip) + gap
-    return tracks
+    return [bytes(tracks[name]) for name in SPEAKERS]
 
 
 @dataclasses.dataclass
@@ -131,6 +147,19 @@ async def place_demo_call(
                     )
                 )
             )
+            nlp = _nlp_kind()
+            if nlp is not None:
+                workers.append(
+                    await stack.enter_async_context(
+                        WorkerRuntime(
+                            settings,
+                            nlp.name,
+                            nlp.factory(argparse.Namespace(intents=None)),
+                            inputs=nlp.inputs,
+                            max_calls=4,
+                        )
+                    )
+                )
         kinds = " and ".join(f"{w.kind} worker" for w in workers)
         print(f"Gateway: {gateway.url}  (+ egress, {kinds})")
         print(f"Calling: {mode} {rate_hz} Hz, {len(talkers)} participants\n")
@@ -162,11 +191,21 @@ async def place_demo_call(
     return DemoCall(results[0], [Event.from_fields(fields) for _, fields in entries])
 
 
+def _nlp_kind() -> Kind | None:
+    """The nlp kind, when its extra is installed."""
+    try:
+        from callstream.workers.nlp.worker import KIND  # noqa: PLC0415
+    except ImportError:
+        print("The nlp extra is not installed: no insights (pip install 'callstream[nlp]')")
+        return None
+    return KIND
+
+
 async def _print_events(
     redis: aioredis.Redis, key: str, stop: asyncio.Event, done: set[str]
 ) -> None:
-    """Print the call's final transcripts and DTMF tones as they are published, until every
-    event type in ``done`` has come (or ``stop``)."""
+    """Print the call's final transcripts, the insights on each and DTMF tones as they are
+    published, until every event type in ``done`` has come (or ``stop``)."""
     names = _names()
     last = b"0-0"
     waiting = set(done)
@@ -182,12 +221,29 @@ async def _print_events(
                 elif _is_final(event):
                     who = names.get(event.data.get("participantRawID") or "", "call")
                     print(f"  heard    {who}: {event.data['text']}")
+                elif event.type in INSIGHTS:
+                    print(f"           {_insight(event)}")
+
+
+def _insight(event: Event) -> str:
+    """One line for an nlp insight under the utterance it is about."""
+    data = event.data
+    if event.type == "nlp.sentiment":
+        return f"sentiment {data['label']} ({data['score']:+.2f}, running {data['rolling']:+.2f})"
+    if event.type == "nlp.key_phrases":
+        return "phrases   " + ", ".join(data["phrases"])
+    if event.type == "nlp.intent":
+        return f"intent    {data['name']} ({data['score']:.2f})"
+    if event.type == "nlp.pii":
+        kinds = ", ".join(sorted({e["type"] for e in data["entities"]}))
+        return f"pii       {kinds}: {data['redacted_text']}"
+    return f"{event.type} {json.dumps(dict(data))}"
 
 
 def _names() -> dict[str, str]:
     """The emulator's participantRawID of each participant → its name in the conversation."""
-    ids = participant_ids(len(CONVERSATION))
-    return {raw_id: name for raw_id, (name, _, _) in zip(ids, CONVERSATION, strict=True)}
+    ids = participant_ids(len(SPEAKERS))
+    return dict(zip(ids, SPEAKERS, strict=True))
 
 
 def _is_final(event: Event) -> bool:
@@ -195,11 +251,14 @@ def _is_final(event: Event) -> bool:
 
 
 def run_demo(settings: Settings, *, rate_hz: int, mode: Mode, seconds: float, out_dir: Path) -> int:
-    spoken = flite_available()
+    spoken = piper_available() or flite_available()
     if spoken:
         talkers = spoken_talkers(rate_hz)
     else:
-        print("flite is not installed: synthetic talkers, no transcription (./dev installs it)")
+        print(
+            "Neither Piper nor flite is installed: synthetic talkers, no transcription "
+            "(./dev installs them)"
+        )
         talkers = [
             synth_talker(rate_hz, seconds, (0.2, seconds * 0.45), 140.0, seed=1),
             synth_talker(rate_hz, seconds, (seconds * 0.5, seconds - 0.3), 220.0, seed=2),
@@ -234,9 +293,11 @@ def run_demo(settings: Settings, *, rate_hz: int, mode: Mode, seconds: float, ou
     if not spoken:
         heard_everyone = True
     elif mode == "unmixed":  # each participant's stream is recognised on its own
-        heard_everyone = {t["participant"] for t in transcripts} == {n for n, _, _ in CONVERSATION}
+        heard_everyone = {t["participant"] for t in transcripts} == set(SPEAKERS)
     else:
         heard_everyone = len(transcripts) >= len(CONVERSATION)
+    insights = [e for e in demo.events if e.type in INSIGHTS]
+    summaries = [dict(e.data) for e in demo.events if e.type == "nlp.summary"]
     report: dict[str, Any] = {
         "call_id": result.call_id,
         "frames_sent": result.frames_sent,
@@ -248,6 +309,8 @@ def run_demo(settings: Settings, *, rate_hz: int, mode: Mode, seconds: float, ou
         "close_code": result.close_code,
         "said": [{"participant": n, "text": t} for n, t, _ in CONVERSATION] if spoken else [],
         "transcripts": transcripts,
+        "insights": [{"type": e.type, **dict(e.data)} for e in insights],
+        "summary": summaries[0] if summaries else None,
     }
     (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     print(
@@ -266,9 +329,35 @@ def run_demo(settings: Settings, *, rate_hz: int, mode: Mode, seconds: float, ou
             print(f"  {t['offset_s']:5.2f} s  {t['participant']}: {t['text']}")
         if not heard_everyone:
             print("  TRANSCRIPTS MISSING: not every utterance was transcribed")
+        if summaries:
+            print(_summary_table(summaries[0], names))
     print(f"\nWrote {out_dir}/input.wav, recording.wav and report.json.")
     ok = played == sent and heard_everyone and result.close_code in (1000, None)
     return 0 if ok else 1
+
+
+def _summary_table(summary: dict[str, Any], names: dict[str, str]) -> str:
+    """The call's nlp.summary as a small table."""
+    lines = ["\nSummary (nlp worker):", "  who      talk s  turns  interrupts  sentiment"]
+    for raw_id, stats in summary["participants"].items():
+        mean = stats["mean_sentiment"]
+        lines.append(
+            f"  {names.get(raw_id, raw_id or 'call'):<8} {stats['talk_time_s']:6.1f}"
+            f"  {stats['turns']:5d}  {stats['interruptions']:10d}"
+            f"  {'' if mean is None else f'{mean:+.2f}':>9}"
+        )
+    trend = summary["sentiment_trend"]
+    silence = summary["silence_ratio"]
+    lines += [
+        f"  call {summary['duration_s']:.1f} s, {summary['utterances']} utterances, "
+        + ("" if silence is None else f"{silence:.0%} silence, ")
+        + f"sentiment {trend['direction']}",
+        "  key phrases: " + (", ".join(summary["key_phrases"]) or "-"),
+        "  intents: "
+        + (", ".join(f"{i['name']} ({i['score']:.2f})" for i in summary["intents"]) or "-"),
+        f"  DTMF: {summary['dtmf'] if summary['dtmf'] is not None else summary['dtmf_count']}",
+    ]
+    return "\n".join(lines)
 
 
 def _interleaved_speech(talkers: list[bytes], rate_hz: int) -> list[bytes]:

@@ -1,9 +1,10 @@
 """The README's main command: ``callstream demo``, run as the user runs it (a process).
 
-flite speaks the conversation (``./dev`` installs it); the demo must echo the speech back
-byte for byte and transcribe every utterance, attributed to its speaker when unmixed. Its
-transcripts are also compared with what was said: flite's voices are recognised almost word
-for word by PocketSphinx, so a large error rate means the pipeline lost or mangled audio.
+Piper speaks the conversation (``./dev`` installs the speech extra); the demo must echo the
+speech back byte for byte, transcribe every utterance (attributed to its speaker when
+unmixed) and publish insights and a summary. Its transcripts are also compared with what was
+said: Piper's voice is recognised almost word for word by PocketSphinx, so a large error rate
+means the pipeline lost or mangled audio.
 """
 
 from __future__ import annotations
@@ -11,13 +12,13 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
 import sys
 from pathlib import Path
 
 import pytest
 
 from callstream.shared.settings import Settings
+from callstream.speech import piper_available
 from tests.helpers import word_error_rate
 
 
@@ -25,7 +26,7 @@ from tests.helpers import word_error_rate
 async def test_the_demo_echoes_and_transcribes_the_conversation(
     settings: Settings, tmp_path: Path, mode: str, rate: int
 ) -> None:
-    assert shutil.which("flite"), "flite is needed (./dev installs it)"
+    assert piper_available(), "Piper is needed (./dev installs the speech extra)"
     env = {**os.environ, "REDIS_URL": settings.redis_url, "CS_PREFIX": settings.prefix}
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -50,7 +51,9 @@ async def test_the_demo_echoes_and_transcribes_the_conversation(
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["played_equals_sent"]
     assert report["speech_frames_played"] > 0
-    said = {s["participant"]: s["text"] for s in report["said"]}
+    said: dict[str, str] = {}
+    for line in report["said"]:
+        said[line["participant"]] = f"{said.get(line['participant'], '')} {line['text']}".strip()
     assert set(said) == {"caller", "agent"}
     heard: dict[str, list[str]] = {}
     for transcript in report["transcripts"]:
@@ -64,5 +67,19 @@ async def test_the_demo_echoes_and_transcribes_the_conversation(
         reference = " ".join(s["text"] for s in report["said"])
         assert word_error_rate(reference, " ".join(heard["call"])) <= 0.2, heard
     assert b"heard    " in stdout  # transcripts printed as they arrive
+    # Insights on the utterances, and the summary at the end.
+    insights = report["insights"]
+    assert {"nlp.sentiment", "nlp.key_phrases", "nlp.intent", "nlp.pii"} <= {
+        i["type"] for i in insights
+    }
+    # The card number read out (its first digit misheard it is still a run of digits).
+    assert {"card_number", "digits"} & {
+        e["type"] for i in insights if i["type"] == "nlp.pii" for e in i["entities"]
+    }
+    summary = report["summary"]
+    assert summary["utterances"] == len(report["transcripts"])
+    assert "cancel_subscription" in [i["name"] for i in summary["intents"]]
+    assert summary["dtmf"] == "42#"
+    assert b"Summary (nlp worker)" in stdout
     for wav in ("input.wav", "recording.wav"):
         assert (tmp_path / wav).stat().st_size > 44

@@ -128,7 +128,8 @@ class CallSummary:
         duration_s = self._duration_s(ordered)
         speech_s = _union_ticks((u.offset, u.end) for u in ordered) / TICKS_PER_S
         silence = max(0.0, 1.0 - speech_s / duration_s) if duration_s > 0 else None
-        top = sorted(self.phrases.items(), key=lambda item: (-item[1], item[0]))[:MAX_PHRASES]
+        # Most frequent first; ties in the order they were first said (dicts keep it).
+        top = sorted(self.phrases.items(), key=lambda item: -item[1])[:MAX_PHRASES]
         return {
             "duration_s": round(duration_s, 2),
             "utterances": len(ordered),
