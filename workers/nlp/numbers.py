@@ -10,7 +10,9 @@ each back to its first and last token.
 The number grammar ("twenty one", "one hundred and five", "zero zero seven") is text2num's
 (``find_numbers`` on our tokens, which reports token positions); what is ours is what callers
 of a call centre say around it: "oh" for zero, "double"/"triple", digit groups joined by
-spaces, hyphens or "dash", and "eight hundred" as a phone prefix followed by more digits.
+spaces, hyphens or "dash", "eight hundred" as a phone prefix followed by more digits, and
+the words a recogniser writes for a digit it heard ("for", "to", "won", "ate") when they stand
+among digits read one by one.
 """
 
 from __future__ import annotations
@@ -25,6 +27,15 @@ from callstream.workers.nlp.tokens import DIGIT_WORDS, Token, tokenize
 _REPEAT = {"double": 2, "triple": 3}
 _DASH_WORDS = frozenset({"dash", "hyphen"})
 _ZERO_LETTERS = frozenset({"oh", "o"})
+# Words a recogniser writes for a digit it heard ("for one one one" for "four one one one").
+_HOMOPHONES = {
+    "for": "four",
+    "fore": "four",
+    "to": "two",
+    "too": "two",
+    "won": "one",
+    "ate": "eight",
+}
 # What may separate two digit groups of one run: spaces and a hyphen ("555-123-4567"), a dot
 # with no space ("555.123.4567"), or the brackets of an area code ("(555) 123-4567").
 _JOINER = re.compile(r"\s*[-‐‑–—]?\s*|\.|\)\s*-?\s*|\s*\(")
@@ -142,6 +153,15 @@ def _number_word(tokens: list[Token], i: int) -> str:
     if word in _ZERO_LETTERS:
         beside = (tokens[j].text for j in (i - 1, i + 1) if 0 <= j < len(tokens))
         return "zero" if any(_digit_like(w) for w in beside) else "-"
+    if word in _HOMOPHONES:
+        # A digit only within digits read one by one: followed by two digit words, or between
+        # two ("waiting for one hour" keeps its "for").
+        after = [tokens[j].text for j in (i + 1, i + 2) if j < len(tokens)]
+        before = tokens[i - 1].text if i > 0 else ""
+        if (len(after) == 2 and all(w in DIGIT_WORDS for w in after)) or (
+            before in DIGIT_WORDS and after[:1] and after[0] in DIGIT_WORDS
+        ):
+            return _HOMOPHONES[word]
     return word
 
 

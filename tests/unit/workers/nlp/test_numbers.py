@@ -122,7 +122,7 @@ def test_any_written_groups_are_one_run(digits: str, joiner: str) -> None:
 
 
 WORDS = [*DIGIT_WORDS, "oh", "o", "double", "triple", "twenty", "hundred", "and", "thousand",
-         "dash", "my", "is", "first", "point", "a", "I", "4111", "12", "-", ",", ".", "(", ")",
+         "dash", "my", "is", "first", "point", "a", "I", "4111", "12", "-", ",", ".", "(", ")", "for", "to",
          "+"]  # fmt: skip
 
 
@@ -135,3 +135,26 @@ def test_runs_are_ordered_disjoint_digit_spans(words: list[str], space: str) -> 
         assert 0 <= run.start < run.end <= len(text)
         assert text[run.start : run.end] == text[run.start : run.end].strip()
     assert all(a.end <= b.start for a, b in itertools.pairwise(found))
+
+
+@pytest.mark.parametrize(
+    ("text", "runs"),
+    [
+        # The recogniser wrote "for" for the first "four" of a card number.
+        (
+            f"my card is for {' '.join(['one'] * 15)}",
+            [("4" + "1" * 15, f"for {' '.join(['one'] * 15)}")],
+        ),
+        (
+            "five five five to three four five six",
+            [("55523456", "five five five to three four five six")],
+        ),
+        ("waiting for one hour", [("1", "one")]),  # not among digits read one by one
+        ("i went to two stores", [("2", "two")]),
+        ("thanks for nothing", []),
+    ],
+)
+def test_words_written_for_digits_count_only_among_digits(
+    text: str, runs: list[tuple[str, str]]
+) -> None:
+    assert [(r.digits, text[r.start : r.end]) for r in spoken_digits(text)] == runs
