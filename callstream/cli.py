@@ -13,7 +13,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from callstream import demo, simulate
+from callstream import demo, simulate, tail
 from callstream.ingress import cli as ingress_cli
 from callstream.shared.errors import CallstreamError, ConfigError
 from callstream.shared.settings import Settings
@@ -33,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     workers_cli.register(sub)
     simulate.register(sub)
     demo.register(sub)
+    tail.register(sub)
     return parser
 
 
