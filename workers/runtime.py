@@ -240,6 +240,9 @@ class _Call:
     next_read: float = 0.0  # monotonic: a backlog call is not read before
     parking: bool = False  # a live call needs its capacity: defer it after this batch
     audio_out: RedisAudioOut | None = None
+    changed: bool = True  # a batch was handled since the last snapshot
+    saved: tuple[str, str, str] | None = None  # the snapshot last written, and when
+    saved_at: float = 0.0
     throttled: bool = False  # its out stream is too long: not read until egress catches up
     unplayed: bool = False  # over while throttled: nobody will play its audio, read it to its end
     outage: bool = False  # ... because Redis failed, not because of the call: rewind it
@@ -498,6 +501,8 @@ class WorkerRuntime:
         self._metrics.redis_errors.inc()
         self._redis_ok = False
         self._outage = True
+        for call in self._calls.values():
+            call.saved = None  # a checkpoint write may have been lost: write them again
         self._redis_error = str(exc) or type(exc).__name__
 
     # ------------------------------------------------------------------ claiming
@@ -948,6 +953,7 @@ class WorkerRuntime:
                     continue
                 if batch.items:
                     await handler.handle(batch.items)
+                call.changed = True
                 if batch.last_in is not None:
                     call.processed_in = batch.last_in
                 if batch.last_event is not None:
@@ -1241,10 +1247,13 @@ class WorkerRuntime:
         if call.busy and call.snapshot is not None:
             call.want_snapshot = True
             return call.snapshot
+        if not call.changed and call.snapshot is not None:
+            return call.snapshot  # nothing handled since: no need to serialise the state again
         return self._take_snapshot(call)
 
     def _take_snapshot(self, call: _Call) -> tuple[str, str, str]:
         call.want_snapshot = False
+        call.changed = False
         needed = None
         handler: object = call.handler
         if isinstance(handler, ResumePoint):
@@ -1255,7 +1264,12 @@ class WorkerRuntime:
 
     def _save_checkpoint(self, call: _Call) -> None:
         assert self._writer is not None
-        in_id, events_id, state = self._snapshot(call)
+        snapshot = self._snapshot(call)
+        now = time.monotonic()
+        if snapshot is call.saved and now - call.saved_at < self._settings.call_ttl_s / 4:
+            return  # written already (its TTL is refreshed now and then)
+        call.saved, call.saved_at = snapshot, now
+        in_id, events_id, state = snapshot
         key = self._keys.checkpoint(self._kind, call.call_id)
         fields = checkpoint_fields(in_id, events_id, state, self.consumer)
         args: list[bytes | str] = []
