@@ -86,6 +86,7 @@ from callstream.workers.ownership import (
     F_IN,
     F_OWNER,
     IDLE_END_REASON,
+    START,
     UNTIL_MISSING_REASON,
     Abandon,
     Ack,
@@ -917,7 +918,8 @@ class WorkerRuntime:
             if batch.items:
                 handed += len(batch.items)
                 first = batch.items[0][0]
-                if oldest is None or parse_id(first) < parse_id(oldest):
+                # An events-only kind's end of input carries no entry of its own ("0-0").
+                if first != START and (oldest is None or parse_id(first) < parse_id(oldest)):
                     oldest = first
             call.batch = batch
             call.busy = True

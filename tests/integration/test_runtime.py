@@ -32,10 +32,10 @@ from callstream.shared.entries import (
 )
 from callstream.shared.events import WORKER_FAILED
 from callstream.shared.settings import Settings
-from callstream.workers.api import CallContext, CallHandler, Item, keyed_event
+from callstream.workers.api import CallContext, CallHandler, Inputs, Item, keyed_event
 from callstream.workers.echo import echo_factory
 from callstream.workers.runtime import WorkerRuntime
-from tests.helpers import RedisProcess, free_port, until, xrange
+from tests.helpers import RedisProcess, example_event, free_port, until, xrange
 from tests.helpers import events as read_events
 
 HEARTBEAT_S = 0.1
@@ -589,6 +589,35 @@ async def test_the_delay_metric_shows_how_long_entries_waited(
         await add_frames(redis, settings, "late", 3, 1)
         await until(functools.partial(observed, 2))
         assert sample("bucket", "1.0") == 1  # the fresh frame was not late
+
+
+async def test_the_delay_metric_ignores_the_end_of_an_events_only_call(
+    redis: aioredis.Redis, settings: Settings
+) -> None:
+    """A kind that reads only events gets the end of a call as an item of no entry ("0-0"):
+    it is no entry that waited 55 years."""
+    registry = CollectorRegistry()
+    seen: list[str] = []
+    async with WorkerRuntime(
+        settings,
+        "notes",
+        recorder_factory(seen),
+        inputs=Inputs(audio=False, events=frozenset({"transcript"})),
+        consumer="n",
+        heartbeat_s=HEARTBEAT_S,
+        registry=registry,
+    ) as worker:
+        await start_call(redis, settings, "brief")
+        await until(functools.partial(_owned_by, worker, "brief"))
+        ended = example_event("brief", "call.ended")
+        await redis.xadd(settings.keys.call_events("brief"), dict(ended.fields()))
+        await until(functools.partial(_not_owned, worker, "brief"))
+    labels = {"kind": "notes"}
+    count = registry.get_sample_value("callstream_worker_delay_seconds_count", labels) or 0
+    within = registry.get_sample_value(
+        "callstream_worker_delay_seconds_bucket", labels | {"le": "60.0"}
+    )
+    assert within == count
 
 
 # ------------------------------------------------------------------ a quiet inbound
