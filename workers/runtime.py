@@ -110,7 +110,13 @@ from callstream.workers.writer import Writer, WriterMetrics
 
 log = logging.getLogger(__name__)
 
-READ_COUNT = 100  # entries per stream per read
+READ_COUNT = 100  # entries per stream per read, at most
+# ... and per read, all streams together: with many calls behind (a backlog, a replica that
+# stalled) each gets a share, so one turn of the event loop does not run every call's handler
+# over a hundred entries (an nlp replica stalled for 20 s so). A live call needs a frame per
+# 20 ms: at 10 ms reads even the floor keeps a replica of hundreds of calls ahead.
+READ_BUDGET = 1000
+MIN_READ_COUNT = 5
 READ_BLOCK_MS = 100  # bound on how long a newly readable call waits to join the shared read
 READ_INTERVAL_S = 0.01  # the shared read runs at most this often: bigger batches, less CPU
 MIN_TAKEOVER_IDLE_S = 1.0
@@ -255,6 +261,11 @@ class _Call:
 
 class WriteFailed(BusError):
     """Redis refused (or could not take) a write of this call."""
+
+
+def read_count(streams: int) -> int:
+    """Entries per stream of a shared read over ``streams`` streams."""
+    return max(MIN_READ_COUNT, min(READ_COUNT, READ_BUDGET // max(1, streams)))
 
 
 def redacting_view() -> InsightsView:
@@ -862,7 +873,8 @@ class WorkerRuntime:
                 continue
             try:
                 async with asyncio.timeout(READ_BLOCK_MS / 1000 + READ_TIMEOUT_MARGIN_S):
-                    reply = await reader.xread(streams, count=READ_COUNT, block_ms=READ_BLOCK_MS)
+                    count = read_count(len(streams))
+                    reply = await reader.xread(streams, count=count, block_ms=READ_BLOCK_MS)
             except (BusError, OSError) as exc:
                 self._redis_down(exc)
                 log.warning(
@@ -878,10 +890,10 @@ class WorkerRuntime:
             self._metrics.reads.inc()
             if self._halted():
                 return
-            self._dispatch(reply, owners)
+            self._dispatch(reply, owners, count)
             await asyncio.sleep(READ_INTERVAL_S)
 
-    def _dispatch(self, reply: Reply, owners: dict[str, _Call]) -> None:
+    def _dispatch(self, reply: Reply, owners: dict[str, _Call], count: int) -> None:
         now = time.monotonic()
         read: dict[_Call, tuple[StreamEntries, StreamEntries]] = {}
         for raw_key, raw in reply:
@@ -904,7 +916,7 @@ class WorkerRuntime:
             batch = call.input.receive(
                 cast(Sequence[tuple[bytes, RawFields]], audio),
                 cast(Sequence[tuple[bytes, RawFields]], events),
-                READ_COUNT,
+                count,
             )
             for why in batch.skipped:
                 log.warning("call %s: skipped %s", call.call_id, why)

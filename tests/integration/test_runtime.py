@@ -32,6 +32,7 @@ from callstream.shared.entries import (
 )
 from callstream.shared.events import WORKER_FAILED
 from callstream.shared.settings import Settings
+from callstream.workers import runtime as runtime_module
 from callstream.workers.api import CallContext, CallHandler, Inputs, Item, keyed_event
 from callstream.workers.echo import echo_factory
 from callstream.workers.runtime import WorkerRuntime
@@ -618,6 +619,33 @@ async def test_the_delay_metric_ignores_the_end_of_an_events_only_call(
         "callstream_worker_delay_seconds_bucket", labels | {"le": "60.0"}
     )
     assert within == count
+
+
+async def test_many_calls_behind_are_read_in_shares_and_lose_nothing(
+    redis: aioredis.Redis, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Forty calls with fifty frames each waiting: with a read budget of 100 entries each call
+    gets a few per read (runtime.read_count), and every frame is still echoed, in order."""
+    monkeypatch.setattr(runtime_module, "READ_BUDGET", 100)
+    calls = [f"behind-{i}" for i in range(40)]
+    for call_id in calls:
+        await start_call(redis, settings, call_id)
+        await add_frames(redis, settings, call_id, 0, 50)
+    async with runtime(settings, "a", max_calls=50) as worker:
+
+        async def all_owned() -> bool:
+            return set(calls) <= worker.owned
+
+        await until(all_owned)
+        for call_id in calls:
+            await end_call(redis, settings, call_id)
+
+        async def all_done() -> bool:
+            return not worker.owned
+
+        await until(all_done, timeout_s=60)
+    for call_id in calls:
+        assert await echoed_seqs(redis, settings, call_id) == list(range(50))
 
 
 # ------------------------------------------------------------------ a quiet inbound
