@@ -1,11 +1,12 @@
-"""Benchmarks: ``python -m bench ingest|egress|transcribe ...`` (see docs/performance.md)."""
+"""Benchmarks: ``python -m bench ingest|echo|egress|codec|transcribe|failover|soak|nlp ...`` (see
+docs/performance.md)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-from bench import codec, echo, egress, ingest, soak, transcribe
+from bench import codec, echo, egress, failover, ingest, nlp, soak, transcribe
 
 
 def main() -> int:
@@ -22,6 +23,11 @@ def main() -> int:
             "transcribe", help=transcribe.__doc__.splitlines()[0] if transcribe.__doc__ else None
         )
     )
+    failover.add_arguments(
+        sub.add_parser(
+            "failover", help=failover.__doc__.splitlines()[0] if failover.__doc__ else None
+        )
+    )
     soak.add_arguments(
         sub.add_parser("soak", help=soak.__doc__.splitlines()[0] if soak.__doc__ else None)
     )
@@ -30,6 +36,9 @@ def main() -> int:
     )
     echo.add_arguments(
         sub.add_parser("echo", help=echo.__doc__.splitlines()[0] if echo.__doc__ else None)
+    )
+    nlp.add_arguments(
+        sub.add_parser("nlp", help=nlp.__doc__.splitlines()[0] if nlp.__doc__ else None)
     )
     args = parser.parse_args()
     if args.bench == "echo":
@@ -40,10 +49,14 @@ def main() -> int:
         return egress.main(args)
     if args.bench == "transcribe":
         return transcribe.main(args)
+    if args.bench == "failover":
+        return failover.main(args)
     if args.bench == "soak":
         return soak.main(args)
     if args.bench == "codec":
         return codec.main(args)
+    if args.bench == "nlp":
+        return nlp.main(args)
     return 2
 
 
