@@ -35,7 +35,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from callstream.bus.publisher import CONNECT_TIMEOUT_S, Publisher
-from callstream.bus.url import parse_redis_url
+from callstream.bus.url import dead_connection_retry, parse_redis_url
 from callstream.egress.hub import EgressHub
 from callstream.ingress.auth import TokenValidator
 from callstream.ingress.metrics import IngressMetrics
@@ -235,12 +235,13 @@ class Gateway:
         self._health_key = f"{settings.prefix}:gateway:{self._instance}:health"
         self._calls: dict[str, _Call] = {}  # by the id each is published under
         self._routes: dict[str, _Call] = {}  # by the id the platform used
-        self._per_address: dict[str, int] = {}  # open call sockets by client address
+        self._per_address: dict[str, int] = {}  # call sockets (and upgrades) by client address
         # Leases taken at the upgrade, for the connection's handler (its route, the lease's
         # value, the incarnation, when), and the route ids they hold. One whose handshake
         # never completed goes stale after PENDING_LEASE_S.
         self._pending: dict[ServerConnection, tuple[Route, str, int, float]] = {}
         self._pending_ids: dict[str, ServerConnection] = {}
+        self._leasing = 0  # upgrades past the limits' checks, taking their lease
         self._lease_renewed_at = 0.0
         self._closers: set[asyncio.Task[None]] = set()
         # Why calls cannot be published now ("" when they can): the last health check's
@@ -276,6 +277,9 @@ class Gateway:
                 self._settings.redis_url,
                 socket_timeout=None,
                 socket_connect_timeout=CONNECT_TIMEOUT_S,
+                # A pooled connection Redis closed (a restart) fails once: the command is sent
+                # again on a new one (leases, egress, health checks are safe to repeat).
+                retry=dead_connection_retry(),
             )
             self._stack.push_async_callback(self._redis.aclose)
             self._publisher = await self._stack.enter_async_context(
@@ -438,11 +442,23 @@ class Gateway:
         """Leases taken for upgrades whose handshake never completed (their leases in Redis
         expire by themselves)."""
         now = time.monotonic()
-        for connection, (target, *_, since) in list(self._pending.items()):
+        for connection, (*_, since) in list(self._pending.items()):
             if now - since > PENDING_LEASE_S:
-                del self._pending[connection]
-                if self._pending_ids.get(target.call_id) is connection:
-                    del self._pending_ids[target.call_id]
+                self._forget_upgrade(connection)
+
+    def _forget_upgrade(self, connection: ServerConnection) -> None:
+        """An upgrade whose handshake did not complete in time: it holds no slot any more."""
+        target = self._pending.pop(connection)[0]
+        if self._pending_ids.get(target.call_id) is connection:
+            del self._pending_ids[target.call_id]
+        self._count_address(_address(connection), -1)
+
+    def _count_address(self, address: str, change: int) -> None:
+        left = self._per_address.get(address, 0) + change
+        if left > 0:
+            self._per_address[address] = left
+        else:
+            self._per_address.pop(address, None)
 
     def _close_quiet_calls(self) -> None:
         """ACS sends a frame every 20 ms for the whole call (silent ones flagged): a call that
@@ -476,7 +492,7 @@ class Gateway:
 
     def _full(self) -> str:
         """Why the gateway takes no new call now ("" when it does): CS_MAX_CALLS sockets."""
-        held = len(self._calls) + len(self._pending)
+        held = len(self._calls) + len(self._pending) + self._leasing
         if held < self._settings.max_calls:
             return ""
         return f"gateway full: {held} calls (CS_MAX_CALLS {self._settings.max_calls})"
@@ -526,8 +542,7 @@ class Gateway:
                 return _unauthorized(connection, str(exc))
         waiting = self._pending_ids.get(target.call_id)
         if waiting is not None and time.monotonic() - self._pending[waiting][3] > PENDING_LEASE_S:
-            del self._pending[waiting]  # its handshake never completed
-            del self._pending_ids[target.call_id]
+            self._forget_upgrade(waiting)  # its handshake never completed
             waiting = None
         if target.call_id in self._routes or waiting is not None:
             return self._duplicate(connection, target.call_id)
@@ -548,14 +563,23 @@ class Gateway:
             self._metrics.rejects.labels("too_many_connections").inc()
             log.warning("refused call %s: %s", target.call_id, crowded)
             return connection.respond(HTTPStatus.TOO_MANY_REQUESTS, f"{crowded}\n")
+        # The limits count this upgrade from now on: others arriving while its lease is taken
+        # (an await) see it, so a burst of upgrades cannot pass them together.
+        address = _address(connection)
+        self._count_address(address, +1)
+        self._leasing += 1
         try:
             lease = await self._take_lease(target.call_id)
         except (RedisError, OSError) as exc:
+            self._count_address(address, -1)
             self._metrics.rejects.labels("bus_unavailable").inc()
             return connection.respond(
                 HTTPStatus.SERVICE_UNAVAILABLE, f"event bus unavailable: {_reply_text(exc)}\n"
             )
+        finally:
+            self._leasing -= 1
         if lease is None:
+            self._count_address(address, -1)
             return self._duplicate(connection, target.call_id)
         self._pending[connection] = (target, *lease, time.monotonic())
         self._pending_ids[target.call_id] = connection
@@ -623,8 +647,7 @@ class Gateway:
         call.bucket = TokenBucket(rate, RATE_BURST_S * rate, time.monotonic())
         self._calls[call.call_id] = call
         self._routes[call.route_id] = call
-        address = _address(connection)
-        self._per_address[address] = self._per_address.get(address, 0) + 1
+        address = _address(connection)  # counted in _per_address since its upgrade
         self._metrics.connections.inc()
         if self._settings.metadata_timeout_s > 0:
             call.metadata_timer = asyncio.get_running_loop().call_later(
@@ -640,11 +663,7 @@ class Gateway:
             await self._end(call, reason)
             del self._calls[call.call_id]
             del self._routes[call.route_id]
-            left = self._per_address[address] - 1
-            if left:
-                self._per_address[address] = left
-            else:
-                del self._per_address[address]
+            self._count_address(address, -1)
             await self._release_lease(call)
 
     async def _receive(self, call: _Call) -> str:
@@ -707,6 +726,7 @@ class Gateway:
         )
 
     async def _reject(self, call: _Call, error: ProtocolError) -> str:
+        call.closing = True  # the idle check must not close (and count) it a second time
         self._metrics.rejects.labels(error.kind).inc()
         log.warning("call %s: closing with %d: %s", call.call_id, error.close_code, error)
         connection = call.connection

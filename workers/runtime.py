@@ -57,6 +57,7 @@ from redis.exceptions import RedisError, ResponseError
 from redis.typing import StreamIdT
 
 from callstream.bus.reader import Reply, StreamReader, fields
+from callstream.bus.url import dead_connection_retry
 from callstream.shared.entries import (
     CallEnded,
     CallStarted,
@@ -388,6 +389,7 @@ class WorkerRuntime:
             timeout=READ_TIMEOUT_MARGIN_S,
             socket_timeout=None,
             client_name=client_name,
+            retry=dead_connection_retry(),  # a pooled connection Redis closed: once more
         )
         self._redis = aioredis.Redis.from_pool(pool)
         self._reader = StreamReader(self._settings.redis_url, client_name=client_name)

@@ -34,6 +34,8 @@ from redis.asyncio.connection import (
     UnixDomainSocketConnection,
     parse_url,
 )
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
 from redis.exceptions import RedisError
 
 from callstream.shared.errors import ConfigError
@@ -163,3 +165,10 @@ def redact(url: str) -> str:
         netloc = f"{userinfo.split(':', 1)[0]}:***@{hostport}"
     tail = re.sub(r"([?&](?:ssl_)?password=)[^&#]*", r"\1***", tail)
     return f"{scheme}://{netloc}{tail}"
+
+
+def dead_connection_retry() -> Retry:
+    """redis-py's retry for a pooled connection that Redis closed (restarted, or a client
+    timeout): the command fails once, on that connection, and is sent again on a new one.
+    redis-py's asyncio client retries nothing by default."""
+    return Retry(ExponentialBackoff(cap=0.5, base=0.05), 2)

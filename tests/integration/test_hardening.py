@@ -350,3 +350,76 @@ async def test_a_client_that_does_not_read_its_audio_is_closed(
         await wait_for_event(redis, settings.keys.call_events("deaf"), "call.ended", 10)
         [result] = await good
     assert speech_frames(result.recording) == speech_frames(talker)
+
+
+async def upgrades_at_once(url: str, count: int) -> tuple[list[ClientConnection], list[int]]:
+    """``count`` upgrades sent together: the sockets accepted, the statuses of those refused."""
+
+    async def one(i: int) -> ClientConnection | int:
+        try:
+            return await connect(f"{url}/burst-{i}?mode=mixed")
+        except InvalidStatus as exc:
+            return exc.response.status_code
+
+    results = await asyncio.gather(*(one(i) for i in range(count)))
+    accepted = [r for r in results if not isinstance(r, int)]
+    return accepted, sorted(r for r in results if isinstance(r, int))
+
+
+async def test_upgrades_sent_together_cannot_pass_the_limits_together(settings: Settings) -> None:
+    """The limits count an upgrade from its check on, not from its handshake's end: twenty
+    upgrades at once against CS_MAX_CALLS 4 (or CS_MAX_CONNECTIONS_PER_ADDRESS 4) get four
+    sockets, sixteen refusals (before, all twenty were accepted)."""
+    for env, status in (
+        ({"CS_MAX_CALLS": "4"}, 503),
+        ({"CS_MAX_CONNECTIONS_PER_ADDRESS": "4"}, 429),
+    ):
+        async with gateway_process(settings, env=env) as url:
+            accepted, refused = await upgrades_at_once(url, 20)
+            assert (len(accepted), refused) == (4, [status] * 16)
+            for conn in accepted:
+                await conn.close()
+
+
+async def test_a_call_ending_after_redis_dropped_every_connection_frees_its_id(
+    settings: Settings, redis: aioredis.Redis
+) -> None:
+    """Redis drops every client connection (as a restart does, here without losing data): the
+    gateway's pooled connections are dead. A call ending then still releases its id's lease
+    (before, the release failed on a dead connection and the id was refused, 409, until the
+    lease expired)."""
+    async with gateway_process(settings) as url:
+        async with connect(f"{url}/again?mode=mixed") as conn:
+            await conn.send(metadata_message(16000))
+            await conn.send(unmixed_frame(""))
+            await wait_for_entry(
+                redis, settings.keys.calls, lambda f: decode_call(f).call_id == "again", 10
+            )
+            await redis.client_kill_filter(_type="normal", skipme=True)
+
+        async def released() -> bool:
+            return not await redis.exists(settings.keys.lease("again"))
+
+        await until(released, timeout_s=5)  # well before the lease's 15 s
+        assert await refused_status(f"{url}/again?mode=mixed") is None
+
+
+async def test_a_call_closed_for_bad_input_is_not_closed_and_counted_again(
+    settings: Settings, redis: aioredis.Redis
+) -> None:
+    """A flooder is closed (too fast) and then neither reads nor answers the close: until
+    websockets' close timeout cuts it, the idle check must not close it again and count it as
+    `idle` too (it did)."""
+    env = {"CS_INBOUND_IDLE_TIMEOUT_S": "1"}
+    async with gateway_process(settings, env=env) as url:
+        async with connect(f"{url}/flooder?mode=mixed") as conn:
+            conn.transport.pause_reading()  # it reads nothing: the close is never answered
+            await conn.send(metadata_message(16000))
+            frame = unmixed_frame("")
+            with contextlib.suppress(ConnectionClosed):
+                for _ in range(1000):
+                    await conn.send(frame)
+            await wait_for_event(redis, settings.keys.call_events("flooder"), "call.ended", 30)
+            text = await metrics(url)
+        assert 'callstream_ingress_rejects_total{reason="too_fast"} 1.0' in text
+        assert 'reason="idle"' not in text
