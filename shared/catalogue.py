@@ -442,7 +442,8 @@ _SPECS: tuple[EventSpec, ...] = (
                 },
                 "rolling": {
                     **_SCORE,
-                    "description": "the mean score of this participant's utterances so far",
+                    "description": "this participant's running level: an exponentially "
+                    "weighted mean (alpha 0.3) of their utterances' scores so far",
                 },
             },
             "the utterance's sentiment",

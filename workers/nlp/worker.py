@@ -4,7 +4,8 @@ Its input is the call's events, not its audio: final transcripts, DTMF, the call
 until ``transcribe.done`` (the transcriber's last result; a call that never gets one is ended
 ``CS_CALL_IDLE_TIMEOUT_S`` after ``call.ended``). For every final utterance it publishes
 
-* ``nlp.sentiment`` — VADER's compound score, its label, the participant's running mean;
+* ``nlp.sentiment`` — VADER's compound score, its label, the participant's running level (an
+  exponentially weighted mean, :class:`~callstream.workers.nlp.sentiment.RollingSentiment`);
 * ``nlp.key_phrases`` — YAKE's ranked phrases (when it finds any);
 * ``nlp.intent`` — one per intent of the ``--intents`` file that matches;
 * ``nlp.pii`` — the redacted text and where each finding was (when there is any);
@@ -41,7 +42,7 @@ from callstream.workers.api import (
 from callstream.workers.nlp.intents import IntentMatcher, default_intents, load_intents
 from callstream.workers.nlp.phrases import KeyPhrases
 from callstream.workers.nlp.pii import find_pii, redact
-from callstream.workers.nlp.sentiment import SentimentScorer
+from callstream.workers.nlp.sentiment import RollingSentiment, SentimentScorer
 from callstream.workers.nlp.summary import CallSummary, Utterance
 
 NAME = "nlp"
@@ -134,7 +135,10 @@ class NlpHandler:
             event.id, participant, _int(data.get("offset")), _int(data.get("duration")), score
         )
         self._summary.add(utterance, phrases, intents)
-        mine = [u.sentiment for u in self._summary.utterances if u.participant == participant]
+        level = RollingSentiment()  # over the participant's utterances so far, in order
+        for said in self._summary.utterances:
+            if said.participant == participant:
+                level.update(said.sentiment)
         publish(
             SENTIMENT,
             {
@@ -142,7 +146,7 @@ class NlpHandler:
                 "participant": participant or None,
                 "score": round(score, 4),
                 "label": SentimentScorer.label(score),
-                "rolling": round(sum(mine) / len(mine), 4) if mine else round(score, 4),
+                "rolling": round(level.value if level.count else score, 4),
             },
             key=key,
         )

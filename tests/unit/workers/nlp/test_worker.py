@@ -82,6 +82,11 @@ async def test_each_final_gets_insights_and_the_call_a_summary() -> None:
     assert complaint["participant"] == CALLER
     assert complaint["label"] == "negative"
     assert complaint["score"] < -0.05
+    # The caller's running level: an exponentially weighted mean (alpha 0.3) of their scores.
+    card = sentiments[1]
+    assert card["utterance"] == "c1:transcript:1:4000"
+    expected = 0.3 * card["score"] + 0.7 * complaint["score"]
+    assert card["rolling"] == pytest.approx(expected, abs=1e-3)
     [pii] = by_type(ctx, "nlp.pii")
     assert pii["utterance"] == "c1:transcript:1:4000"
     assert pii["redacted_text"] == "my card number is [CARD_NUMBER]"
