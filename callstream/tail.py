@@ -302,7 +302,7 @@ def summary_value(value: object) -> str:
     if isinstance(value, list) and all(not isinstance(v, list | dict) for v in value):
         text = ", ".join(_scalar(v) for v in value)
     elif isinstance(value, dict) and all(not isinstance(v, list | dict) for v in value.values()):
-        text = ", ".join(f"{k}={_scalar(v)}" for k, v in value.items())
+        text = ", ".join(f"{_one_line(str(k))}={_scalar(v)}" for k, v in value.items())
     else:
         text = _scalar(value)
     return _cut(text, SUMMARY_VALUE_CHARS)

@@ -276,7 +276,9 @@ async def test_a_client_sending_faster_than_real_time_is_closed(
             code, reason = await closed_with(conn)
         assert code == 1008
         assert reason == "more than 250 messages a second (CS_MAX_MESSAGES_PER_S)"
-        assert sent < 300_000
+        # Closed after its burst: what it got into Redis is about two seconds' worth (how many
+        # it wrote into its socket meanwhile depends on when its client noticed the close).
+        assert await redis.xlen(settings.keys.call_in("flood")) < 1000
         [result] = await good
         assert 'callstream_ingress_rejects_total{reason="too_fast"} 1.0' in await metrics(url)
     assert speech_frames(result.recording) == speech_frames(talker)

@@ -559,3 +559,9 @@ def test_no_data_shape_crashes_the_view(
 def test_a_kinds_done_is_a_lifecycle_line_even_for_the_nlp_kind() -> None:
     lines = texts(view().event(event("nlp.done", {"kind": "nlp", "reason": "normal"}, key="")))
     assert lines == [PREFIX + "nlp done (normal)"]
+
+
+def test_a_summary_key_with_a_line_break_stays_on_its_line() -> None:
+    """Found by the property test above: keys of a nested object were printed raw."""
+    ops = view().event(event("nlp.summary", {"utterance": {"\n": None}}))
+    assert all("\n" not in op.text for op in ops if isinstance(op, Line))
