@@ -913,6 +913,9 @@ class Gateway:
     def _on_stalled(self, call: _Call, seconds: float) -> None:
         """Its client has taken no audio for CS_EGRESS_STALL_TIMEOUT_S (it does not read, or
         reads slower than real time): audio for it would only pile up here."""
+        if call.closing:
+            return
+        call.closing = True
         self._metrics.rejects.labels("not_reading").inc()
         log.warning(
             "call %s: its client took no audio for %.0f s (CS_EGRESS_STALL_TIMEOUT_S); "
