@@ -107,16 +107,23 @@ async def test_a_call_yields_its_insights_redacted_once_each_across_a_replica_ki
     finals = [e for e in mine if e.type == "transcript" and e.data["resultStatus"] == "Final"]
     sentiment = {s["utterance"]: s for s in of(mine, "nlp.sentiment")}
     assert set(sentiment) == {e.id for e in finals}  # one per final, none lost at the kill
-    by_text = {e.data["text"]: e for e in finals}
-    complaint = next(e for text, e in by_text.items() if "angry" in text)
+    # The caller's utterances in the order said (found by position, not by words the
+    # recogniser may mishear): the complaint, the card number, the cancellation.
+    said = sorted(
+        (e for e in finals if e.data["participantRawID"] == caller), key=lambda e: e.data["offset"]
+    )
+    complaint, cancel = said[0], said[-1]
+    card = max(said, key=lambda e: e.data["text"].split().count("one"))
     assert sentiment[complaint.id]["label"] == "negative"
     assert sentiment[complaint.id]["participant"] == caller
     # The card number: found, redacted on cs:insights, the original on the call's stream only.
-    card = next(e for text, e in by_text.items() if "card" in text)
     assert "one one one one one one" in card.data["text"]  # the original, on the call's stream
     [pii] = [p for p in of(mine, "nlp.pii") if p["utterance"] == card.id]
-    assert [e["type"] for e in pii["entities"]] == ["card_number"]
-    assert pii["redacted_text"].endswith("[CARD_NUMBER]")
+    # A card (Luhn-valid) as said; should the recogniser mishear its first digit, the rest is
+    # still a run of fifteen digits, redacted all the same.
+    [found] = pii["entities"]
+    assert found["type"] in {"card_number", "digits"}
+    assert pii["redacted_text"].endswith(f"[{found['type'].upper()}]")
     public = [e for e in insights if e.type == "transcript"]
     assert public
     assert all(e.data.get("redacted") for e in public)
@@ -125,7 +132,6 @@ async def test_a_call_yields_its_insights_redacted_once_each_across_a_replica_ki
     assert [e.data["text"] for e in public if e.id == card.id] == [pii["redacted_text"]]
     assert not [e for e in insights if e.type == "dtmf"]  # keys pressed stay off cs:insights
     # The cancellation.
-    cancel = next(e for text, e in by_text.items() if "cancel" in text)
     assert "cancel_subscription" in [
         i["name"] for i in of(mine, "nlp.intent") if i["utterance"] == cancel.id
     ]
