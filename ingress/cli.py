@@ -49,7 +49,16 @@ async def serve(settings: Settings, args: argparse.Namespace) -> int:
         print(f"callstream gateway listening on {gateway.url} ({auth})", flush=True)
         try:
             await stop.wait()
-            log.info("stopping: closing calls with 1001")
+            # Drain: no new call, the live ones end by themselves (a second signal, or
+            # CS_DRAIN_TIMEOUT_S, cuts it short: what is left is closed with 1001).
+            stop.clear()
+            draining = asyncio.create_task(gateway.drain(settings.drain_timeout_s))
+            again = asyncio.create_task(stop.wait())
+            await asyncio.wait({draining, again}, return_when=asyncio.FIRST_COMPLETED)
+            again.cancel()
+            left = await draining if draining.done() else gateway.calls
+            draining.cancel()
+            log.info("stopping: closing %d calls with 1001", left)
         finally:
             if health is not None:
                 health.close()

@@ -242,6 +242,8 @@ class Gateway:
         self._pending: dict[ServerConnection, tuple[Route, str, int, float]] = {}
         self._pending_ids: dict[str, ServerConnection] = {}
         self._leasing = 0  # upgrades past the limits' checks, taking their lease
+        self._draining = False  # SIGTERM: no new call, the live ones may end (drain)
+        self._drained = asyncio.Event()  # set when draining and no call is left
         self._lease_renewed_at = 0.0
         self._closers: set[asyncio.Task[None]] = set()
         # Why calls cannot be published now ("" when they can): the last health check's
@@ -263,6 +265,11 @@ class Gateway:
             raise RuntimeError("the gateway is not running")
         port: int = next(iter(self._server.sockets)).getsockname()[1]
         return port
+
+    @property
+    def calls(self) -> int:
+        """Calls (sockets) this gateway holds now."""
+        return len(self._calls)
 
     @property
     def url(self) -> str:
@@ -332,6 +339,21 @@ class Gateway:
         tb: TracebackType | None,
     ) -> None:
         await self.aclose()
+
+    async def drain(self, timeout_s: float) -> int:
+        """Take no new call (``/readyz`` says ``draining``, upgrades get 503) and wait up to
+        ``timeout_s`` for the live calls to end by themselves; returns how many are left (the
+        close that follows ends them with 1001)."""
+        self._draining = True
+        if not self._calls:
+            self._drained.set()
+        log.info(
+            "draining: %d calls, waiting up to %g s for them to end", len(self._calls), timeout_s
+        )
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout_s):
+                await self._drained.wait()
+        return len(self._calls)
 
     async def aclose(self) -> None:
         """Close every call with 1001 (publishing its end), flush, stop every task."""
@@ -482,6 +504,8 @@ class Gateway:
 
     def readiness(self) -> tuple[bool, str]:
         """(ready, why not): Redis takes writes, the gateway is not overloaded nor full."""
+        if self._draining:
+            return False, f"draining: {len(self._calls)} calls left"
         if self._bus_error:
             return False, f"Redis unavailable: {self._bus_error}"
         if overload := self._overloaded():
@@ -546,6 +570,11 @@ class Gateway:
             waiting = None
         if target.call_id in self._routes or waiting is not None:
             return self._duplicate(connection, target.call_id)
+        if self._draining:
+            self._metrics.rejects.labels("draining").inc()
+            return connection.respond(
+                HTTPStatus.SERVICE_UNAVAILABLE, "gateway draining: connect to another\n"
+            )
         if self._bus_error:  # the call could not be published: say so before it starts
             self._metrics.rejects.labels("bus_unavailable").inc()
             return connection.respond(
@@ -665,6 +694,8 @@ class Gateway:
             del self._routes[call.route_id]
             self._count_address(address, -1)
             await self._release_lease(call)
+            if self._draining and not self._calls:
+                self._drained.set()
 
     async def _receive(self, call: _Call) -> str:
         """Read the call's messages until the socket closes; returns why it ended."""

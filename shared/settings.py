@@ -39,6 +39,8 @@ class Settings:
     max_message_bytes: int = 64 * 1024
     metadata_timeout_s: float = 10.0  # a socket silent this long after its upgrade is closed
     inbound_idle_timeout_s: float = 5.0  # a call that sends nothing this long is closed
+    # On SIGTERM the gateway takes no new call and lets the live ones end, this long at most.
+    drain_timeout_s: float = 30.0
     egress_max_buffer_s: float = 30.0  # audio egress reads ahead of playback, per call
     # A call socket that takes no audio this long (its client does not read) is closed, 1008.
     egress_stall_timeout_s: float = 10.0
@@ -99,6 +101,7 @@ class Settings:
             auth=auth,
             max_message_bytes=_int(env, "CS_MAX_MESSAGE_BYTES", defaults.max_message_bytes),
             metadata_timeout_s=_float(env, "CS_METADATA_TIMEOUT_S", defaults.metadata_timeout_s),
+            drain_timeout_s=_float(env, "CS_DRAIN_TIMEOUT_S", defaults.drain_timeout_s),
             inbound_idle_timeout_s=_float(
                 env, "CS_INBOUND_IDLE_TIMEOUT_S", defaults.inbound_idle_timeout_s
             ),

@@ -7,6 +7,7 @@ import asyncio
 import base64
 import contextlib
 import json
+import signal
 import socket
 import time
 import urllib.error
@@ -425,3 +426,57 @@ async def test_a_call_closed_for_bad_input_is_not_closed_and_counted_again(
             text = await metrics(url)
         assert 'callstream_ingress_rejects_total{reason="too_fast"} 1.0' in text
         assert 'reason="idle"' not in text
+
+
+async def test_a_gateway_told_to_stop_drains_its_live_calls_then_exits(
+    settings: Settings, redis: aioredis.Redis
+) -> None:
+    """SIGTERM (Kubernetes stopping the pod): at once `/readyz` says draining and new calls get
+    503, while the live call streams on to its end and hears all of its echo; then the process
+    exits 0."""
+    talker = synth_talker(16000, 4.0, (0.1, 3.8), 150.0, seed=6)
+    gateway = await start_gateway(settings, {"CS_DRAIN_TIMEOUT_S": "60"})
+    url = gateway.url
+    readyz = url.replace("ws://", "http://").removesuffix("/ws") + "/readyz"
+    try:
+        async with worker_process(settings, "echo"):
+            call = asyncio.create_task(simulate(url, [talker], call_ids=["draining"], linger_s=1.0))
+            await wait_for_entry(
+                redis, settings.keys.calls, lambda f: decode_call(f).call_id == "draining", 10
+            )
+            gateway.proc.send_signal(signal.SIGTERM)
+
+            async def draining() -> bool:
+                status, text = await asyncio.to_thread(http, readyz)
+                return status == 503 and text.startswith("draining")
+
+            await until(draining)
+            assert await refused_status(f"{url}/late?mode=mixed") == 503
+            [result] = await call
+            assert result.error is None
+            assert speech_frames(result.recording) == speech_frames(talker)
+            async with asyncio.timeout(20):
+                assert await gateway.proc.wait() == 0
+    finally:
+        if gateway.proc.returncode is None:
+            gateway.proc.kill()
+            await gateway.proc.wait()
+
+
+async def test_a_draining_gateway_closes_what_is_left_at_its_deadline(settings: Settings) -> None:
+    """A call that would go on past CS_DRAIN_TIMEOUT_S is closed with 1001 (going away: ACS
+    reconnects elsewhere), and the process exits 0."""
+    gateway = await start_gateway(settings, {"CS_DRAIN_TIMEOUT_S": "1"})
+    try:
+        async with connect(f"{gateway.url}/endless?mode=mixed") as conn:
+            await conn.send(metadata_message(16000))
+            await conn.send(unmixed_frame(""))
+            gateway.proc.send_signal(signal.SIGTERM)
+            code, _ = await closed_with(conn)  # it keeps reading; the gateway ends the call
+        assert code == 1001
+        async with asyncio.timeout(20):
+            assert await gateway.proc.wait() == 0
+    finally:
+        if gateway.proc.returncode is None:
+            gateway.proc.kill()
+            await gateway.proc.wait()
