@@ -12,6 +12,7 @@ import socket
 import time
 import urllib.error
 import urllib.request
+from collections.abc import AsyncIterator
 
 import redis.asyncio as aioredis
 from websockets.asyncio.client import ClientConnection, connect
@@ -24,6 +25,7 @@ from callstream.shared.entries import OutAudio, decode_call, encode_out
 from callstream.shared.settings import Settings
 from callstream.simulate import metadata_message, simulate
 from tests.helpers import (
+    GatewayProcess,
     free_port,
     gateway_process,
     start_gateway,
@@ -428,6 +430,23 @@ async def test_a_call_closed_for_bad_input_is_not_closed_and_counted_again(
         assert 'reason="idle"' not in text
 
 
+@contextlib.asynccontextmanager
+async def gateway_told_to_stop(
+    settings: Settings, env: dict[str, str]
+) -> AsyncIterator[GatewayProcess]:
+    """A gateway process the test signals itself: at the end it must have exited 0 by itself
+    (within 20 s); if the test failed before, it is killed."""
+    gateway = await start_gateway(settings, env)
+    try:
+        yield gateway
+        async with asyncio.timeout(20):
+            assert await gateway.proc.wait() == 0
+    finally:
+        if gateway.proc.returncode is None:
+            gateway.proc.kill()
+            await gateway.proc.wait()
+
+
 async def test_a_gateway_told_to_stop_drains_its_live_calls_then_exits(
     settings: Settings, redis: aioredis.Redis
 ) -> None:
@@ -435,10 +454,9 @@ async def test_a_gateway_told_to_stop_drains_its_live_calls_then_exits(
     503, while the live call streams on to its end and hears all of its echo; then the process
     exits 0."""
     talker = synth_talker(16000, 4.0, (0.1, 3.8), 150.0, seed=6)
-    gateway = await start_gateway(settings, {"CS_DRAIN_TIMEOUT_S": "60"})
-    url = gateway.url
-    readyz = url.replace("ws://", "http://").removesuffix("/ws") + "/readyz"
-    try:
+    async with gateway_told_to_stop(settings, {"CS_DRAIN_TIMEOUT_S": "60"}) as gateway:
+        url = gateway.url
+        readyz = url.replace("ws://", "http://").removesuffix("/ws") + "/readyz"
         async with worker_process(settings, "echo"):
             call = asyncio.create_task(simulate(url, [talker], call_ids=["draining"], linger_s=1.0))
             await wait_for_entry(
@@ -455,28 +473,15 @@ async def test_a_gateway_told_to_stop_drains_its_live_calls_then_exits(
             [result] = await call
             assert result.error is None
             assert speech_frames(result.recording) == speech_frames(talker)
-            async with asyncio.timeout(20):
-                assert await gateway.proc.wait() == 0
-    finally:
-        if gateway.proc.returncode is None:
-            gateway.proc.kill()
-            await gateway.proc.wait()
 
 
 async def test_a_draining_gateway_closes_what_is_left_at_its_deadline(settings: Settings) -> None:
     """A call that would go on past CS_DRAIN_TIMEOUT_S is closed with 1001 (going away: ACS
     reconnects elsewhere), and the process exits 0."""
-    gateway = await start_gateway(settings, {"CS_DRAIN_TIMEOUT_S": "1"})
-    try:
+    async with gateway_told_to_stop(settings, {"CS_DRAIN_TIMEOUT_S": "1"}) as gateway:
         async with connect(f"{gateway.url}/endless?mode=mixed") as conn:
             await conn.send(metadata_message(16000))
             await conn.send(unmixed_frame(""))
             gateway.proc.send_signal(signal.SIGTERM)
             code, _ = await closed_with(conn)  # it keeps reading; the gateway ends the call
         assert code == 1001
-        async with asyncio.timeout(20):
-            assert await gateway.proc.wait() == 0
-    finally:
-        if gateway.proc.returncode is None:
-            gateway.proc.kill()
-            await gateway.proc.wait()
