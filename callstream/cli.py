@@ -13,7 +13,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from callstream import demo, simulate, tail
+from callstream import demo, simulate, tail, up
 from callstream.ingress import cli as ingress_cli
 from callstream.shared.errors import CallstreamError, ConfigError
 from callstream.shared.settings import Settings
@@ -34,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.register(sub)
     demo.register(sub)
     tail.register(sub)
+    up.register(sub)
     return parser
 
 

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import logging
 import shutil
+import signal
 import socket
+import sys
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
@@ -56,9 +59,34 @@ def _free_port() -> int:
         return port
 
 
+def _die_with_parent() -> Callable[[], None] | None:
+    """A ``preexec_fn`` that has Linux send the child SIGTERM when its parent dies, even
+    killed with SIGKILL (then it stops rather than lingering on its port)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    pr_set_pdeathsig = 1
+
+    def preexec() -> None:
+        prctl(pr_set_pdeathsig, int(signal.SIGTERM))
+
+    return preexec
+
+
+DIE_WITH_PARENT = _die_with_parent()
+
+
 @contextlib.asynccontextmanager
-async def ensure_redis(url: str) -> AsyncIterator[str]:
-    """Yield a Redis URL that answers: ``url`` itself, or a private server started here."""
+async def ensure_redis(url: str, *, own_process_group: bool = False) -> AsyncIterator[str]:
+    """Yield a Redis URL that answers: ``url`` itself, or a private server started here.
+
+    ``own_process_group``: the private server runs in a process group of its own, so that the
+    terminal's Ctrl-C does not stop it before the processes that use it have stopped, and gets
+    SIGTERM should this process die.
+    """
     if await answers(url):
         yield url
         return
@@ -75,8 +103,11 @@ async def ensure_redis(url: str) -> AsyncIterator[str]:
             *server_args(port, workdir),
             "--logfile",
             "",
+            stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.DEVNULL,
+            process_group=0 if own_process_group else None,
+            preexec_fn=DIE_WITH_PARENT if own_process_group else None,
         )
         local_url = f"redis://127.0.0.1:{port}/0"
         try:
