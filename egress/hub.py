@@ -370,12 +370,7 @@ class EgressHub:
                     maxlen=self._settings.events_maxlen,
                     approximate=True,
                 )
-                pipe.xadd(
-                    self._keys.insights,
-                    fields,
-                    maxlen=self._settings.insights_maxlen,
-                    approximate=True,
-                )
+                pipe.xadd(self._keys.insights, fields)  # trimmed by the gateway's health loop
                 await pipe.execute()
         except (RedisError, OSError) as exc:
             self._metrics.redis_errors.inc()

@@ -81,6 +81,12 @@ class IngressMetrics:
             "1 when Redis answered the last health check (even to refuse its write)",
             registry=registry,
         )
+        self.insights_trimmed_unacked = Counter(
+            "callstream_insights_trimmed_unacknowledged_total",
+            "Entries of cs:insights trimmed although a consumer group had not acknowledged them "
+            "(the stream held CS_INSIGHTS_MAX_HELD entries)",
+            registry=registry,
+        )
         self.redis_writable = Gauge(
             "callstream_ingress_redis_writable",
             "1 when the gateway can publish: the last health check's write was accepted and "

@@ -35,6 +35,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from callstream.bus.publisher import CONNECT_TIMEOUT_S, Publisher
+from callstream.bus.retention import InsightsTrimmer
 from callstream.bus.url import dead_connection_retry, parse_redis_url
 from callstream.egress.hub import EgressHub
 from callstream.ingress.auth import TokenValidator
@@ -71,6 +72,7 @@ from callstream.shared.settings import Settings
 log = logging.getLogger(__name__)
 
 HEALTH_PERIOD_S = 1.0
+INSIGHTS_TRIM_PERIOD_S = 5.0  # cs:insights grows by at most this long's events past its cap
 HEALTH_TIMEOUT_S = 2.0
 HEALTH_KEY_TTL_MS = 5000  # the health check's key outlives a few checks, then goes
 SKIP_LOG_EVERY = 100  # log the first skipped message of a call, then every 100th
@@ -233,6 +235,9 @@ class Gateway:
         self._validator = TokenValidator(settings.auth) if settings.auth.enabled else None
         self._instance = f"{uuid.uuid4().hex[:8]}"
         self._health_key = f"{settings.prefix}:gateway:{self._instance}:health"
+        self._insights_trimmer: InsightsTrimmer | None = None
+        self._insights_trimmed_at = time.monotonic()
+        self._insights_behind = ""  # groups holding cs:insights back, as last logged
         self._calls: dict[str, _Call] = {}  # by the id each is published under
         self._routes: dict[str, _Call] = {}  # by the id the platform used
         self._per_address: dict[str, int] = {}  # call sockets (and upgrades) by client address
@@ -304,6 +309,12 @@ class Gateway:
                 EgressHub(self._redis, self._settings, registry=self.registry)
             )
             self._renew_script = self._redis.register_script(RENEW_LEASES)
+            self._insights_trimmer = InsightsTrimmer(
+                self._redis,
+                self._keys.insights,
+                self._settings.insights_maxlen,
+                self._settings.insights_max_held,
+            )
             self._release_script = self._redis.register_script(RELEASE_LEASE)
             await self._check_redis()
             self._health = asyncio.create_task(self._health_loop(), name="gateway-health")
@@ -420,6 +431,41 @@ class Gateway:
             await self._check_redis()
             if time.monotonic() - self._lease_renewed_at >= self._settings.call_lease_s / 3:
                 await self._renew_leases()
+            if time.monotonic() - self._insights_trimmed_at >= INSIGHTS_TRIM_PERIOD_S:
+                await self._trim_insights()
+
+    async def _trim_insights(self) -> None:
+        """Trim cs:insights: writers add to it without trimming, so that the consumer groups
+        reading it (the Kafka bridge, ...) are not trimmed past (bus/retention.py)."""
+        assert self._insights_trimmer is not None
+        self._insights_trimmed_at = time.monotonic()
+        try:
+            async with asyncio.timeout(HEALTH_TIMEOUT_S):
+                trimmed = await self._insights_trimmer.trim()
+        except (RedisError, OSError, TimeoutError) as exc:
+            log.warning("could not trim %s: %s", self._keys.insights, _reply_text(exc))
+            return
+        behind = ", ".join(f"{name} {n}" for name, n in sorted(trimmed.behind.items()))
+        if trimmed.unacknowledged:
+            self._metrics.insights_trimmed_unacked.inc(trimmed.unacknowledged)
+            log.error(
+                "%s held CS_INSIGHTS_MAX_HELD = %d entries: trimmed %d that consumer groups "
+                "had not acknowledged (unacknowledged: %s)",
+                self._keys.insights,
+                self._settings.insights_max_held,
+                trimmed.unacknowledged,
+                behind,
+            )
+        elif behind != self._insights_behind:
+            if behind:
+                log.warning(
+                    "%s: consumer groups behind, entries kept for them: %s",
+                    self._keys.insights,
+                    behind,
+                )
+            else:
+                log.info("%s: every consumer group caught up", self._keys.insights)
+        self._insights_behind = behind
 
     async def _renew_leases(self) -> None:
         """Keep this gateway's call ids taken (three renewals a lease). A lease found lost —
@@ -842,9 +888,8 @@ class Gateway:
         )
         if self._settings.redact and event.type == DTMF:
             return  # keys pressed may be a card number or a PIN: the call's own stream only
-        self._publisher.xadd(
-            call.call_id, self._keys.insights, fields, self._settings.insights_maxlen
-        )
+        # Trimmed by _trim_insights, around its consumer groups.
+        self._publisher.xadd(call.call_id, self._keys.insights, fields, None)
 
     def _publish_frame(self, call: _Call, frame: AudioData, received_at: float) -> None:
         assert self._publisher is not None

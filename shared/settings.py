@@ -52,7 +52,10 @@ class Settings:
     in_stream_maxlen: int = 30_000
     out_stream_maxlen: int = 30_000
     events_maxlen: int = 10_000
+    # cs:insights keeps its newest insights_maxlen entries, and what a consumer group on it has
+    # not acknowledged yet up to insights_max_held (callstream/bus/retention.py).
     insights_maxlen: int = 100_000
+    insights_max_held: int = 1_000_000
     # cs:calls keeps a day: by age, not count, so no call still running loses its `started`
     # entry (workers own and fail calls over through it) however many calls start meanwhile.
     calls_retention_s: int = 86_400
@@ -123,6 +126,7 @@ class Settings:
             out_stream_maxlen=_int(env, "CS_OUT_STREAM_MAXLEN", defaults.out_stream_maxlen),
             events_maxlen=_int(env, "CS_EVENTS_MAXLEN", defaults.events_maxlen),
             insights_maxlen=_int(env, "CS_INSIGHTS_MAXLEN", defaults.insights_maxlen),
+            insights_max_held=_int(env, "CS_INSIGHTS_MAX_HELD", defaults.insights_max_held),
             calls_retention_s=_int(env, "CS_CALLS_RETENTION_S", defaults.calls_retention_s),
             call_ttl_s=_int(env, "CS_CALL_TTL_S", defaults.call_ttl_s),
             flush_interval_ms=_float(env, "CS_FLUSH_INTERVAL_MS", defaults.flush_interval_ms),

@@ -16,8 +16,9 @@ from callstream.workers.api import keyed_event
 from callstream.workers.writer import Writer, pack
 
 
-def _xadd(maxlen: int, fields: Fields) -> tuple[Any, ...]:
-    args: list[Any] = ["MAXLEN", "~", maxlen, "*"]
+def _xadd(maxlen: int | None, fields: Fields) -> tuple[Any, ...]:
+    """XADD's arguments after the key; no MAXLEN when None (a stream trimmed elsewhere)."""
+    args: list[Any] = ["MAXLEN", "~", maxlen, "*"] if maxlen is not None else ["*"]
     for name, value in fields.items():
         args.append(name)
         args.append(value)
@@ -79,8 +80,12 @@ class RedisEventOut:
         self._writer = writer
         self._call_id = call_id
         keys = settings.keys
-        self._call_stream = (keys.call_events(call_id), settings.events_maxlen)
-        self._insights = (keys.insights, settings.insights_maxlen)
+        self._call_stream: tuple[str, int | None] = (
+            keys.call_events(call_id),
+            settings.events_maxlen,
+        )
+        # cs:insights is trimmed by the gateways, around its consumer groups (bus/retention.py)
+        self._insights: tuple[str, int | None] = (keys.insights, None)
         self._view = insights_view
         self._published = set(published)
 

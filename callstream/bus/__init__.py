@@ -5,6 +5,8 @@
   a worker replica's outputs and checkpoints).
 * :mod:`.reader` — a blocking ``XREAD`` of many streams on one connection, replies parsed by
   hiredis without redis-py's per-entry Python work (a worker replica's shared read, egress).
+* :mod:`.retention` — how long ``cs:insights`` keeps its entries: never past what a consumer
+  group on it has not acknowledged (up to a cap); the gateways trim it.
 
 Everything else (health checks, the worker runtime's claims and heartbeats) uses redis-py.
 """

@@ -268,11 +268,11 @@ class Publisher:
             else:
                 self._flush_handle = self._loop.call_soon(self._flush)
 
-    def xadd(self, call_id: str, key: str, fields: Fields, maxlen: int) -> None:
-        """Queue ``XADD key MAXLEN ~ maxlen * fields…``."""
-        self.publish(
-            call_id, _PACK(("XADD", key, "MAXLEN", "~", maxlen, "*", *chain(*fields.items())))
-        )
+    def xadd(self, call_id: str, key: str, fields: Fields, maxlen: int | None) -> None:
+        """Queue ``XADD key MAXLEN ~ maxlen * fields…`` (no MAXLEN when None: the stream is
+        trimmed elsewhere)."""
+        trim = ("MAXLEN", "~", maxlen) if maxlen is not None else ()
+        self.publish(call_id, _PACK(("XADD", key, *trim, "*", *chain(*fields.items()))))
 
     def xadd_retained(self, call_id: str, key: str, fields: Fields, min_id_ms: int) -> None:
         """Queue ``XADD key MINID min_id_ms * fields…``: entries older than ``min_id_ms``
