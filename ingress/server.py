@@ -18,10 +18,11 @@ import contextlib
 import functools
 import ipaddress
 import logging
+import re
 import socket
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from types import TracebackType
@@ -72,6 +73,10 @@ from callstream.shared.settings import Settings
 log = logging.getLogger(__name__)
 
 HEALTH_PERIOD_S = 1.0
+# Labels a call platform may give a call in its URL's query (`/ws/{id}?tenant=contoso&queue=
+# billing`): carried on call.started, for analytics per tenant and queue (the Kafka bridge).
+CALL_LABELS = ("tenant", "queue")
+LABEL_VALUE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,63}")
 INSIGHTS_TRIM_PERIOD_S = 5.0  # cs:insights grows by at most this long's events past its cap
 HEALTH_TIMEOUT_S = 2.0
 HEALTH_KEY_TTL_MS = 5000  # the health check's key outlives a few checks, then goes
@@ -146,6 +151,7 @@ class Route:
 
     call_id: str
     mode: Mode | None
+    labels: Mapping[str, str] = field(default_factory=dict)  # CALL_LABELS given in the query
 
 
 def route(request: Request) -> Route:
@@ -171,7 +177,16 @@ def route(request: Request) -> Route:
             mode = "unmixed"
         else:
             raise ValueError(f"mode must be mixed or unmixed, got {value!r}")
-    return Route(validate_call_id(call_id), mode)
+    labels = {}
+    for name in CALL_LABELS:
+        for value in query.get(name, []):
+            if not LABEL_VALUE.fullmatch(value):
+                raise ValueError(
+                    f"{name} must be 1-64 letters, digits and . _ : @ - (starting with a letter "
+                    f"or digit), got {value!r}"
+                )
+            labels[name] = value
+    return Route(validate_call_id(call_id), mode, labels)
 
 
 @dataclass
@@ -184,6 +199,7 @@ class _Call:
     connection: ServerConnection
     mode: Mode | None
     connected_ms: int
+    labels: Mapping[str, str] = field(default_factory=dict)  # tenant, queue: on call.started
     session: InboundSession = field(default_factory=InboundSession)
     channels: ChannelMap = field(default_factory=ChannelMap)
     attached: bool = False  # to egress, once AudioMetadata gave the format
@@ -715,6 +731,7 @@ class Gateway:
             connection,
             target.mode,
             int(time.time() * 1000),
+            target.labels,
         )
         call.in_key = self._keys.call_in(call.call_id)
         call.frame_xadd = FrameXadd(call.in_key, self._settings.in_stream_maxlen)
@@ -869,7 +886,7 @@ class Gateway:
                 call.call_id,
                 CALL_STARTED,
                 now_ms,
-                {"rate_hz": metadata.sample_rate, "mode": call.mode},
+                {"rate_hz": metadata.sample_rate, "mode": call.mode, **call.labels},
             ),
         )
         call.started = True

@@ -300,7 +300,15 @@ _SPECS: tuple[EventSpec, ...] = (
                     "description": "mixed: one stream; unmixed: one per participant (channels 0-3)",
                 },
             },
-            "the call's audio format",
+            "the call's audio format, and the labels its URL gave it",
+            optional={
+                name: {
+                    "type": "string",
+                    "pattern": r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,63}$",
+                    "description": f"the call's {name}, from the URL's ?{name}= (analytics)",
+                }
+                for name in ("tenant", "queue")
+            },
         ),
         example=_example(
             "started",

@@ -20,7 +20,7 @@ from callstream.shared.entries import CallEnded, CallStarted, InFrame, decode_ca
 from callstream.shared.protocols.acs import build_audio_data
 from callstream.shared.settings import Settings
 from callstream.simulate import metadata_message, simulate
-from tests.helpers import events, wait_for_end, wait_for_entry, xrange
+from tests.helpers import events, wait_for_end, wait_for_entry, wait_for_event, xrange
 
 
 @pytest.fixture
@@ -53,6 +53,26 @@ async def test_a_call_is_started_streamed_ended_and_expires(
     assert types == ["call.started", "call.ended"]
     for key in settings.keys.call_keys("life")[::2]:  # in and events exist, with a TTL
         assert 0 < await redis.ttl(key) <= settings.call_ttl_s
+
+
+async def test_the_urls_tenant_and_queue_label_the_call(
+    gateway: Gateway, redis: aioredis.Redis, settings: Settings
+) -> None:
+    [result] = await simulate(
+        f"{gateway.url}/labelled?mode=mixed&tenant=contoso&queue=billing.de",
+        [b"\x20\x00" * 3200],
+        rate_hz=16000,
+        linger_s=0.2,
+    )
+    assert result.completed
+    await wait_for_event(redis, settings.keys.call_events("labelled"), "call.ended", 10)
+    [started, _] = await events(redis, settings.keys.call_events("labelled"))
+    assert started.data == {
+        "rate_hz": 16000,
+        "mode": "mixed",
+        "tenant": "contoso",
+        "queue": "billing.de",
+    }
 
 
 async def test_cs_calls_keeps_entries_by_age_not_by_count(

@@ -69,6 +69,10 @@ async def test_health_ready_and_metrics(settings: Settings) -> None:
         assert "call id must be" in body
         status, body = await get(base + "/ws/x?mode=stereo")
         assert (status, body) == (400, "mode must be mixed or unmixed, got 'stereo'\n")
+        status, body = await get(base + "/ws/x?tenant=a%20b")
+        assert status == 400
+        assert body.startswith("tenant must be 1-64 letters, digits")
+        assert (await get(base + "/ws/x?queue=" + "q" * 65))[0] == 400
         assert (await get(base + "/ws/plain-http"))[0] == 426  # not a WebSocket upgrade
 
 

@@ -5,6 +5,7 @@ read it (the Kafka bridge), whatever a group has not acknowledged, up to CS_INSI
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
@@ -13,7 +14,7 @@ from callstream.bus.retention import InsightsTrimmer, parse_trimmed
 from callstream.ingress import server
 from callstream.ingress.server import Gateway
 from callstream.shared.settings import Settings
-from tests.helpers import example_event, until
+from tests.helpers import example_event, until, xrange
 
 KEEP = 100
 NODE = 100  # Redis's stream-node-max-entries: `~` trims whole nodes, so keeps up to one more
@@ -29,11 +30,12 @@ async def fill(redis: aioredis.Redis, key: str, n: int) -> list[bytes]:
 
 
 async def ids(redis: aioredis.Redis, key: str) -> list[bytes]:
-    return [entry_id for entry_id, _ in await redis.xrange(key)]
+    return [entry_id for entry_id, _ in await xrange(redis, key)]
 
 
 async def read(redis: aioredis.Redis, key: str, group: str, count: int) -> list[bytes]:
-    [[_, entries]] = await redis.xreadgroup(group, "c", {key: ">"}, count=count)
+    reply: Any = await redis.xreadgroup(group, "c", {key: ">"}, count=count)
+    [[_, entries]] = reply
     return [entry_id for entry_id, _ in entries]
 
 
