@@ -19,7 +19,7 @@ import redis.asyncio as aioredis
 from callstream.shared.catalogue import InvalidEvent, validate
 from callstream.shared.entries import StreamEntries
 from callstream.shared.settings import DEFAULT_REDIS_URL, Settings
-from tests.helpers import RedisProcess, free_port
+from tests.helpers import KafkaBroker, RedisProcess, answers_tcp, free_port
 
 
 @pytest.fixture
@@ -85,3 +85,20 @@ def private_redis(tmp_path: Path) -> Iterator[RedisProcess]:
     server.start()
     yield server
     server.kill()
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap() -> Iterator[str]:
+    """A Kafka-protocol broker: the one at KAFKA_BOOTSTRAP when it answers (a real Kafka works
+    the same way), else tansu started here for the session. Tests keep to topics of their own
+    (a unique prefix each)."""
+    address = os.environ.get("KAFKA_BOOTSTRAP", "127.0.0.1:9092")
+    if answers_tcp(address):
+        yield address
+        return
+    broker = KafkaBroker()
+    broker.start()
+    try:
+        yield broker.bootstrap
+    finally:
+        broker.stop()

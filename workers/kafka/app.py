@@ -1,0 +1,89 @@
+"""The Faust app of ``callstream worker kafka``: its Kafka connection, the event topics the bridge
+writes, and a worker that runs inside our own asyncio program (our signal handlers, our
+shutdown order), not as Faust's own command line."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from typing import Any
+
+import faust
+from faust.types import TopicT
+from faust.types.auth import CredentialsT, SASLMechanism
+
+from callstream.workers.kafka import topics
+from callstream.workers.kafka.config import KafkaConfig
+
+
+def credentials(config: KafkaConfig) -> CredentialsT | None:
+    """SASL (PLAIN, SCRAM) and/or TLS, as aiokafka takes them through Faust."""
+    context: ssl.SSLContext | None = None
+    if config.uses_tls:
+        context = ssl.create_default_context(cafile=config.ssl_cafile)
+    if config.uses_sasl:
+        mechanism = SASLMechanism(config.sasl_mechanism)
+        return faust.SASLCredentials(
+            username=config.sasl_username,
+            password=config.sasl_password,
+            mechanism=mechanism,
+            ssl_context=context,
+        )
+    if context is not None:
+        return faust.SSLCredentials(context)
+    return None
+
+
+def make_app(config: KafkaConfig, app_id: str, **settings: Any) -> faust.App:
+    """A Faust app on ``config``'s cluster; ``app_id`` names its consumer group and its
+    tables' changelog topics. ``settings`` override Faust's (tests shorten its timers)."""
+    options: dict[str, Any] = {
+        "broker": [f"kafka://{address}" for address in config.bootstrap],
+        "broker_credentials": credentials(config),
+        "store": "memory://",  # tables are rebuilt from their changelog topics at start
+        "topic_partitions": config.partitions,
+        "topic_replication_factor": config.replication_factor,
+        "web_enabled": False,
+        "autodiscover": False,
+        "consumer_auto_offset_reset": "earliest",
+        "processing_guarantee": "at_least_once",
+        "producer_acks": -1,  # a record is acknowledged once every in-sync replica has it
+    }
+    options.update(settings)
+    return faust.App(app_id, **options)
+
+
+def event_topics(app: faust.App, config: KafkaConfig) -> dict[str, TopicT]:
+    """The topic of each event family, raw bytes (the bridge sends events' JSON as it is)."""
+    return {
+        name: app.topic(
+            topics.topic_name(config.topic_prefix, name),
+            key_type=bytes,
+            value_type=bytes,
+            key_serializer="raw",
+            value_serializer="raw",
+            partitions=config.partitions,
+            replicas=config.replication_factor,
+            internal=True,  # declared (created) by the app with these partitions
+        )
+        for name in topics.FAMILIES
+    }
+
+
+class EmbeddedWorker(faust.Worker):
+    """A Faust worker inside callstream's own asyncio program: it leaves the program's signal
+    handlers alone (callstream stops it itself, in order) and its logging as configured."""
+
+    def install_signal_handlers(self) -> None:
+        pass
+
+
+def embedded_worker(app: faust.App) -> EmbeddedWorker:
+    return EmbeddedWorker(
+        app,
+        loop=asyncio.get_running_loop(),
+        daemon=False,
+        override_logging=False,
+        redirect_stdouts=False,
+        quiet=True,
+    )
