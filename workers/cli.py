@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 GROUP = "callstream.workers"
 # Built-in kinds whose dependencies are an extra.
 EXTRAS = {"transcribe": "transcribe", "nlp": "nlp"}
+KAFKA = "kafka"  # the Kafka bridge (workers/kafka): run by `callstream worker kafka` too
 
 
 def available() -> dict[str, EntryPoint]:
@@ -158,6 +159,14 @@ async def serve(settings: Settings, kind: Kind, options: argparse.Namespace) -> 
 
 
 def _run(args: argparse.Namespace, settings: Settings) -> int:
+    if args.kind == KAFKA:  # not a kind that owns calls: a consumer of cs:insights
+        try:
+            from callstream.workers.kafka import cli as kafka_cli  # noqa: PLC0415
+        except ImportError as exc:
+            raise ConfigError(
+                f"worker kafka cannot be loaded ({exc}): pip install 'callstream[kafka]'"
+            ) from None
+        return kafka_cli.run(args.args, settings)
     kind = load_kind(args.kind)
     options = kind_parser(kind).parse_args(args.args)
     if options.max_calls < 1:
@@ -166,7 +175,7 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def register(subparsers: Any) -> None:
-    names = ", ".join(sorted(available())) or "none installed"
+    names = ", ".join(sorted([*available(), KAFKA]))
     worker = subparsers.add_parser(
         "worker",
         help="run a worker replica of one kind",

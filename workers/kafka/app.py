@@ -48,6 +48,8 @@ def make_app(config: KafkaConfig, app_id: str, **settings: Any) -> faust.App:
         "consumer_auto_offset_reset": "earliest",
         "processing_guarantee": "at_least_once",
         "producer_acks": -1,  # a record is acknowledged once every in-sync replica has it
+        "broker_session_timeout": config.session_timeout_s,
+        "broker_heartbeat_interval": min(3.0, config.session_timeout_s / 10),
     }
     options.update(settings)
     return faust.App(app_id, **options)

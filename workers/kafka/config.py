@@ -6,7 +6,8 @@
 (Event Hubs: ``$ConnectionString`` and the namespace's connection string), ``KAFKA_SSL_CAFILE``
 (the system's CAs by default), ``CS_KAFKA_TOPIC_PREFIX`` (``CS_PREFIX``: topics
 ``{prefix}.transcripts``, …), ``CS_KAFKA_PARTITIONS`` (6) and ``CS_KAFKA_REPLICATION_FACTOR`` (1)
-of the topics the bridge creates. docs/kafka.md has examples for Kafka, Redpanda and Event Hubs.
+of the topics the bridge creates, ``CS_KAFKA_SESSION_TIMEOUT_S`` (30) of the Faust app's consumer
+group. docs/kafka.md has examples for Kafka, Redpanda and Event Hubs.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ class KafkaConfig:
     topic_prefix: str = "cs"
     partitions: int = 6
     replication_factor: int = 1
+    # The Faust app's consumer group session: a replica that dies is replaced after this long.
+    session_timeout_s: float = 30.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str], cs_prefix: str = "cs") -> KafkaConfig:
@@ -76,6 +79,7 @@ class KafkaConfig:
             topic_prefix=prefix,
             partitions=_positive(env, "CS_KAFKA_PARTITIONS", 6),
             replication_factor=_positive(env, "CS_KAFKA_REPLICATION_FACTOR", 1),
+            session_timeout_s=_positive(env, "CS_KAFKA_SESSION_TIMEOUT_S", 30),
         )
 
     @property
