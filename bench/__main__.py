@@ -1,4 +1,4 @@
-"""Benchmarks: ``python -m bench ingest|echo|egress|codec|transcribe|failover|soak|nlp ...`` (see
+"""Benchmarks: ``python -m bench ingest|echo|egress|codec|transcribe|failover|soak|nlp|kafka`` (see
 docs/performance.md)."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from bench import codec, echo, egress, failover, ingest, nlp, soak, transcribe
+from bench import codec, echo, egress, failover, ingest, kafka, nlp, soak, transcribe
 
 
 def main() -> int:
@@ -40,6 +40,9 @@ def main() -> int:
     nlp.add_arguments(
         sub.add_parser("nlp", help=nlp.__doc__.splitlines()[0] if nlp.__doc__ else None)
     )
+    kafka.add_arguments(
+        sub.add_parser("kafka", help=kafka.__doc__.splitlines()[0] if kafka.__doc__ else None)
+    )
     args = parser.parse_args()
     if args.bench == "echo":
         return echo.main(args)
@@ -57,6 +60,8 @@ def main() -> int:
         return codec.main(args)
     if args.bench == "nlp":
         return nlp.main(args)
+    if args.bench == "kafka":
+        return kafka.main(args)
     return 2
 
 

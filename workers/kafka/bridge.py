@@ -95,7 +95,10 @@ class Bridge:
         view: View | None = None,
         registry: CollectorRegistry | None = None,
         batch: int = BATCH,
+        on_acked: Callable[[Sequence[str], float], None] | None = None,
     ) -> None:
+        """``on_acked(entry ids, epoch ms)``: called when a batch has been acknowledged by
+        Kafka (the benchmark measures entry → acknowledgement with it)."""
         self._settings = settings
         self._config = config
         self._topics = event_topics
@@ -105,6 +108,7 @@ class Bridge:
         self._from_start = from_start
         self._view = view
         self._batch = batch
+        self._on_acked = on_acked
         self.metrics = BridgeMetrics(registry or CollectorRegistry())
         self._stopping = asyncio.Event()
         self._failure: str | None = None
@@ -258,6 +262,8 @@ class Bridge:
             async with asyncio.timeout(KAFKA_ACK_TIMEOUT_S):
                 await asyncio.gather(*futures)
         acked_at_ms = time.time() * 1000
+        if self._on_acked is not None:
+            self._on_acked([entry_id for entry_id, _ in entries], acked_at_ms)
         await self._redis.xack(self._key, self.group, *(entry_id for entry_id, _ in entries))
         for family in families:
             self.metrics.records.labels(family).inc()
