@@ -50,6 +50,7 @@ PROD_OVERLAYS = ("prod", "prod-hpa")
 # Components rendered on top of an overlay or of the base: (on, components, namespace).
 COMBINATIONS = {
     "prod+servicemonitor": ("overlays/prod", ("components/servicemonitor",), "callstream"),
+    "prod+kafka": ("overlays/prod", ("components/kafka-bridge",), "callstream"),
     "base+keda": ("base", ("components/network", "components/autoscaling-keda"), "cs-test"),
     "base+cpu": ("base", ("components/network", "components/autoscaling-cpu"), "cs-test"),
 }
