@@ -4,8 +4,9 @@ shutdown order), not as Faust's own command line."""
 
 from __future__ import annotations
 
-import asyncio
+import os
 import ssl
+import tempfile
 from typing import Any
 
 import faust
@@ -50,7 +51,14 @@ def make_app(config: KafkaConfig, app_id: str, **settings: Any) -> faust.App:
         "producer_acks": -1,  # a record is acknowledged once every in-sync replica has it
         "broker_session_timeout": config.session_timeout_s,
         "broker_heartbeat_interval": min(3.0, config.session_timeout_s / 10),
+        # A record Kafka has not acknowledged by then fails (Faust's default waits 20 minutes):
+        # the bridge sends its batch again.
+        "producer_request_timeout": 30.0,
+        # Faust makes a directory for its app even with the memory store: not in the working
+        # directory (read-only in the pods, the repository in development).
+        "datadir": os.path.join(tempfile.gettempdir(), "callstream-faust", app_id),
     }
+    os.makedirs(os.path.dirname(options["datadir"]), exist_ok=True)  # Faust makes only the last
     options.update(settings)
     return faust.App(app_id, **options)
 
@@ -72,20 +80,22 @@ def event_topics(app: faust.App, config: KafkaConfig) -> dict[str, TopicT]:
     }
 
 
-class EmbeddedWorker(faust.Worker):
-    """A Faust worker inside callstream's own asyncio program: it leaves the program's signal
-    handlers alone (callstream stops it itself, in order) and its logging as configured."""
+class EmbeddedApp:
+    """A Faust app run inside callstream's own asyncio program: ``app.start()`` and
+    ``app.stop()`` themselves, not a ``faust.Worker``, which takes over the program's signal
+    handlers, sends its stdout into logging and writes terminal control codes. callstream
+    stops it itself, in order (the bridge's batch first)."""
 
-    def install_signal_handlers(self) -> None:
-        pass
+    def __init__(self, app: faust.App) -> None:
+        self.app = app
+
+    async def start(self) -> None:
+        """Returns once the app's consumer has joined its group and its tables are restored."""
+        await self.app.start()
+
+    async def stop(self) -> None:
+        await self.app.stop()
 
 
-def embedded_worker(app: faust.App) -> EmbeddedWorker:
-    return EmbeddedWorker(
-        app,
-        loop=asyncio.get_running_loop(),
-        daemon=False,
-        override_logging=False,
-        redirect_stdouts=False,
-        quiet=True,
-    )
+def embedded_worker(app: faust.App) -> EmbeddedApp:
+    return EmbeddedApp(app)

@@ -125,12 +125,24 @@ async def serve(settings: Settings, options: argparse.Namespace, config: KafkaCo
                 await running
             log.error("the batch in flight was not acknowledged in time; it stays pending")
     finally:
+        # Faust's stop can hang in a commit while Kafka is unreachable, shielded from
+        # cancellation, its consumer thread keeping the process alive: a deadline, then out.
+        # (What was not committed or acknowledged is delivered again: at least once.)
+        deadline = loop.call_later(STOP_TIMEOUT_S, _hard_exit)
         with contextlib.suppress(Exception):
-            async with asyncio.timeout(STOP_TIMEOUT_S):
-                await worker.stop()
+            await worker.stop()
+        deadline.cancel()
         if health is not None:
             health.close()
     return 0
+
+
+def _hard_exit() -> None:
+    log.error(
+        "the Faust app did not stop within %g s (Kafka unreachable?): exiting", STOP_TIMEOUT_S
+    )
+    logging.shutdown()
+    os._exit(1)
 
 
 def run(argv: Sequence[str], settings: Settings) -> int:
