@@ -190,7 +190,7 @@ def read_json(path: str) -> Any:
 
 async def baseline(bootstrap: str, records: int) -> dict[str, Any]:
     """A bare aiokafka producer: the same records, batches of BATCH sent then gathered."""
-    from aiokafka import AIOKafkaProducer  # type: ignore[import-untyped]  # noqa: PLC0415
+    from aiokafka import AIOKafkaProducer  # noqa: PLC0415
 
     from callstream.workers.kafka.topics import to_record  # noqa: PLC0415
 

@@ -10,7 +10,11 @@ Two layers, as elsewhere in callstream:
   :func:`resume_position` (where to go on reading after Redis came back);
 - :func:`follow`, a thin asyncio loop: ``XREAD BLOCK`` on ``cs:insights`` from the last entry
   id read, through Redis outages (one line on stderr, retries with a backoff of up to 2 s),
-  until SIGINT or SIGTERM (exit 0) or a closed stdout (exit 0, quietly).
+  until SIGINT or SIGTERM (exit 0) or a closed stdout (exit 0, quietly);
+- ``--kafka``: :func:`follow_kafka` reads the Kafka topics of ``callstream worker kafka``
+  instead — the analytics records (``{prefix}.analytics``: :func:`analytics_text` for people,
+  the record's JSON with ``--json``) and, with ``--kafka-topics``, event families, shown as
+  events from Redis are.
 
 docs/tail.md describes the command for its users.
 """
@@ -21,14 +25,16 @@ import argparse
 import asyncio
 import fnmatch
 import json
+import logging
 import math
 import os
 import shutil
 import signal
+import ssl
 import stat
 import sys
 import zlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, tzinfo
 from typing import Any, Protocol, TextIO, cast
@@ -47,9 +53,11 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from callstream.shared.catalogue import done_kind
 from callstream.shared.entries import XReadReply
 from callstream.shared.errors import BusError, ConfigError, EventError
-from callstream.shared.events import Event
+from callstream.shared.events import Event, parse_iso_ms
 from callstream.shared.keys import INCARNATION_SEPARATOR, validate_call_id
 from callstream.shared.settings import Settings
+from callstream.workers.kafka import topics as kafka_topics
+from callstream.workers.kafka.config import KafkaConfig
 
 BLOCK_MS = 1000  # one XREAD waits at most this long for new entries
 READ_COUNT = 500  # entries per XREAD
@@ -62,6 +70,8 @@ REMEMBERED_UTTERANCES = 4096  # finals whose speaker, and whose late partials, a
 MAX_PENDING_PARTIALS = 16  # utterances whose partial may still be on the status line
 SUMMARY_VALUE_CHARS = 300  # a longer value of nlp.summary is cut
 OTHER_DATA_CHARS = 160  # the data of an event type tail does not know, on its line
+TOPIC_CHECK_S = 2.0  # --kafka: how often a topic that does not exist yet is looked for
+TOP_INTENTS = 3  # intents on an analytics line
 
 TRANSCRIPT = "transcript"
 PARTIAL_MARK = ":partial:"
@@ -124,6 +134,39 @@ class RecentIds:
         if len(self._ids) > self._size:
             del self._ids[next(iter(self._ids))]
         return True
+
+
+class LatestValues:
+    """The last record shown of each of the last ``size`` keys: :meth:`changed` is False for
+    a record equal to the one shown last for its key (a record sent again)."""
+
+    def __init__(self, size: int = RECENT_IDS) -> None:
+        self._size = size
+        self._values: dict[bytes, bytes] = {}
+
+    def changed(self, key: bytes | None, value: bytes) -> bool:
+        if key is None:
+            return True
+        if self._values.get(key) == value:
+            return False
+        self._values.pop(key, None)
+        self._values[key] = value
+        if len(self._values) > self._size:
+            del self._values[next(iter(self._values))]
+        return True
+
+
+def parse_kafka_topics(values: Iterable[str]) -> tuple[str, ...]:
+    """``--kafka-topics`` values (repeatable, comma-separated): families of events, or
+    ``analytics``; ConfigError for another name. None given: ``analytics``."""
+    known = (*kafka_topics.FAMILIES, kafka_topics.ANALYTICS)
+    names = tuple(dict.fromkeys(parse_types(values)))
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        raise ConfigError(
+            f"--kafka-topics: no topic {', '.join(map(repr, unknown))}; they are {', '.join(known)}"
+        )
+    return names or (kafka_topics.ANALYTICS,)
 
 
 def use_color(*, isatty: bool, env: Mapping[str, str], no_color: bool) -> bool:
@@ -429,6 +472,13 @@ class HumanView:
         text = f"skipped entry {entry_id}: {_cut(_one_line(problem), OTHER_DATA_CHARS)}"
         return self._lines([self._style(text, _DIM)])
 
+    def analytics(self, record: Mapping[str, Any]) -> list[Op]:
+        """An analytics record (``--kafka``)."""
+        text = analytics_text(record)
+        group, _, rest = text.partition("  ")
+        when = self._style(analytics_time(record, self._tz) + "  ", _DIM)
+        return self._lines([when + self._style(group, _BOLD) + ("  " + rest if rest else "")])
+
     def close(self) -> list[Op]:
         """Before exiting: take the status line off."""
         self._pending.clear()
@@ -563,7 +613,7 @@ class HumanView:
         columns = [c for c in SUMMARY_COLUMNS if any(c in stats for _, stats in rows)]
         for _, stats in rows:
             columns += [str(k) for k in stats if str(k) not in columns]
-        header = ["participant", *(SUMMARY_COLUMNS.get(c, c) for c in columns)]
+        header = ["participant", *(SUMMARY_COLUMNS.get(c) or _one_line(c) for c in columns)]
         cells = [
             [participant_label(pid), *(_summary_cell(c, stats.get(c)) for c in columns)]
             for pid, stats in rows
@@ -690,11 +740,101 @@ def _phrase(value: object) -> str:
     return compact(value, 40)
 
 
+# --------------------------------------------------------------------------- analytics
+
+
+def format_duration_s(seconds: float) -> str:
+    """Seconds as ``m:ss`` (``h:mm:ss`` past an hour), rounded to the second."""
+    minutes, secs = divmod(max(round(seconds), 0), 60)
+    if minutes >= 60:
+        hours, minutes = divmod(minutes, 60)
+        return f"{hours}:{minutes:02d}:{secs:02d}"
+    return f"{minutes}:{secs:02d}"
+
+
+def _mean_figure(label: str, figure: object, fmt: Callable[[float], str]) -> str:
+    """``sentiment -0.12 (7)``: a ``{"count", "mean"}`` figure; ``sentiment -`` without one."""
+    if isinstance(figure, dict):
+        mean, count = _num(figure.get("mean")), _num(figure.get("count"))
+        if mean is not None:
+            return f"{label} {fmt(mean)}" + (f" ({int(count)})" if count is not None else "")
+    return f"{label} -"
+
+
+def _intents_figure(intents: object) -> str:
+    if not isinstance(intents, dict):
+        return ""
+    counts = [(str(k), n) for k, v in intents.items() if (n := _num(v)) is not None]
+    counts.sort(key=lambda kv: (-kv[1], kv[0]))
+    shown = ", ".join(f"{_one_line(name)} {int(n)}" for name, n in counts[:TOP_INTENTS])
+    if len(counts) > TOP_INTENTS:
+        shown += f", +{len(counts) - TOP_INTENTS}"
+    return f"intents {shown}" if shown else ""
+
+
+def _window_span(window: object) -> str:
+    """``5 min``: a window's length."""
+    if isinstance(window, dict):
+        start = parse_iso_ms(_str(window.get("start")))
+        end = parse_iso_ms(_str(window.get("end")))
+        if start is not None and end is not None and end > start:
+            return f"{(end - start) / 60_000:g} min"
+    return "rolling"
+
+
+def analytics_text(record: Mapping[str, Any]) -> str:
+    """One analytics record (docs/kafka.md, "Analytics") in a line, without its time: its
+    tenant/queue, calls in progress, started and ended in its minute, mean sentiment, mean
+    handle time, top intents; then its rolling window's (five minutes) but the intents."""
+
+    def figures(stats: Mapping[str, Any], *, intents: bool = True) -> list[str]:
+        parts = [
+            f"{name} {int(n)}"
+            for name in ("started", "ended")
+            if (n := _num(stats.get(name))) is not None
+        ]
+        parts.append(_mean_figure("sentiment", stats.get("sentiment"), lambda x: f"{x:+.2f}"))
+        parts.append(_mean_figure("handle", stats.get("handle_time_s"), format_duration_s))
+        top = _intents_figure(stats.get("intents")) if intents else ""
+        return [*parts, top] if top else parts
+
+    tenant, queue = (_one_line(_str(record.get(k))) or "?" for k in ("tenant", "queue"))
+    group = f"{tenant}/{queue}"
+    active = _num(record.get("active"))
+    parts = [group, *([f"active {int(active)}"] if active is not None else []), *figures(record)]
+    rolling = record.get("rolling")
+    if isinstance(rolling, dict):
+        span = _window_span(rolling.get("window"))
+        parts.append(f"| {span}: " + ", ".join(figures(rolling, intents=False)))
+    return "  ".join(parts)
+
+
+def analytics_time(record: Mapping[str, Any], tz: tzinfo | None = None) -> str:
+    """The start of a record's minute, ``HH:MM`` in ``tz`` (default local)."""
+    window = record.get("window")
+    start = parse_iso_ms(_str(window.get("start"))) if isinstance(window, dict) else None
+    if start is None:
+        return "--:--"
+    return datetime.fromtimestamp(start / 1000, tz).strftime("%H:%M")
+
+
+def decode_record(value: bytes | None) -> dict[str, Any]:
+    """An analytics record's value; ValueError if it is not a JSON object."""
+    if value is None:
+        raise ValueError("no value")
+    record = json.loads(value)
+    if not isinstance(record, dict):
+        raise ValueError(f"a record should be a JSON object, got {type(record).__name__}")
+    return record
+
+
 # --------------------------------------------------------------------------- I/O: output
 
 
 class Sink(Protocol):
     def entry(self, entry_id: str, fields: Mapping[bytes, bytes]) -> None: ...
+
+    def record(self, where: str, key: bytes | None, value: bytes | None) -> None: ...
 
     def notice(self, text: str) -> None: ...
 
@@ -727,6 +867,7 @@ class JsonSink:
 
     def __init__(self, selection: EventFilter, out: TextIO, err: TextIO) -> None:
         self._intake = _Intake(selection)
+        self._latest = LatestValues()
         self._out, self._err = out, err
 
     def entry(self, entry_id: str, fields: Mapping[bytes, bytes]) -> None:
@@ -735,6 +876,18 @@ class JsonSink:
             self.notice(f"callstream tail: skipped entry {entry_id}: {taken}")
         elif taken is not None:
             self._out.write(json_line(fields[b"event"]) + "\n")
+            self._out.flush()
+
+    def record(self, where: str, key: bytes | None, value: bytes | None) -> None:
+        """An analytics record: its JSON as it is, on one line."""
+        try:
+            decode_record(value)
+        except ValueError as exc:
+            self.notice(f"callstream tail: skipped record {where}: {exc}")
+            return
+        assert value is not None
+        if self._latest.changed(key, value):
+            self._out.write(json_line(value) + "\n")
             self._out.flush()
 
     def notice(self, text: str) -> None:
@@ -750,6 +903,7 @@ class HumanSink:
 
     def __init__(self, selection: EventFilter, view: HumanView, out: TextIO, err: TextIO) -> None:
         self._intake = _Intake(selection)
+        self._latest = LatestValues()
         self._view, self._screen = view, Screen()
         self._out, self._err = out, err
 
@@ -763,6 +917,19 @@ class HumanSink:
             ops = self._view.skipped(entry_id, str(taken))
         else:
             ops = self._view.event(taken)
+        self._show(ops)
+
+    def record(self, where: str, key: bytes | None, value: bytes | None) -> None:
+        try:
+            record = decode_record(value)
+        except ValueError as exc:
+            self._show(self._view.skipped(where, str(exc)))
+            return
+        assert value is not None
+        if self._latest.changed(key, value):
+            self._show(self._view.analytics(record))
+
+    def _show(self, ops: list[Op]) -> None:
         if ops:
             self._out.write(self._screen.render(ops))
             self._out.flush()
@@ -854,6 +1021,131 @@ async def follow(settings: Settings, sink: Sink, *, from_start: bool) -> None:
         await client.aclose()
 
 
+def kafka_client_options(config: KafkaConfig) -> dict[str, Any]:
+    """aiokafka's connection options for ``config`` (SASL and/or TLS)."""
+    options: dict[str, Any] = {
+        "bootstrap_servers": list(config.bootstrap),
+        "security_protocol": config.security_protocol,
+    }
+    if config.uses_tls:
+        options["ssl_context"] = ssl.create_default_context(cafile=config.ssl_cafile)
+    if config.uses_sasl:
+        options["sasl_mechanism"] = config.sasl_mechanism
+        options["sasl_plain_username"] = config.sasl_username
+        options["sasl_plain_password"] = config.sasl_password
+    return options
+
+
+async def follow_kafka(
+    config: KafkaConfig, families: Sequence[str], sink: Sink, *, from_start: bool
+) -> None:
+    """Read the topics of ``families`` (``analytics`` and/or event families) into ``sink``
+    until cancelled: analytics records through ``sink.record``, events through
+    ``sink.entry``.
+
+    A plain consumer (no group, nothing committed) of every partition, from each topic's end
+    as it is when first seen (``from_start``: its beginning). A topic that does not exist yet
+    is looked for every 2 s (one line through ``sink.notice``; tail does not create it), and
+    read from its beginning once it does. Until the broker first answers, tries again with a
+    backoff of up to 2 s; raises :class:`BusError` when it refuses (authentication).
+    """
+    try:
+        from aiokafka import TopicPartition  # noqa: PLC0415
+    except ImportError:  # pragma: no cover - the kafka extra is missing
+        raise ConfigError("--kafka needs aiokafka: pip install 'callstream[kafka]'") from None
+    names = {kafka_topics.topic_name(config.topic_prefix, f): f for f in families}
+    consumer = None
+    try:
+        consumer = await _kafka_consumer(config, sink)
+        assigned: set[str] = set()
+        first_look = True
+        announced = False
+        loop = asyncio.get_running_loop()
+        next_look = loop.time()
+        while True:
+            if len(assigned) < len(names) and loop.time() >= next_look:
+                # Metadata of all topics (asking for one by name creates it, on brokers that
+                # create topics on demand); consumer.topics() asks the same but keeps only
+                # the names, and the consumer's own metadata knows no topic made since.
+                cluster = await consumer._client.fetch_all_metadata()
+                added = [
+                    TopicPartition(t, p)
+                    for t in names
+                    if t not in assigned
+                    for p in sorted(cluster.partitions_for_topic(t) or ())
+                ]
+                if added:
+                    old = list(consumer.assignment())
+                    positions = {tp: await consumer.position(tp) for tp in old}
+                    consumer.assign([*old, *added])
+                    for tp, offset in positions.items():
+                        consumer.seek(tp, offset)
+                    if first_look and not from_start:
+                        await consumer.seek_to_end(*added)
+                    else:  # from the start, or a topic made since: all it holds is new
+                        await consumer.seek_to_beginning(*added)
+                    assigned.update(tp.topic for tp in added)
+                missing = [t for t in names if t not in assigned]
+                if missing and not announced:
+                    sink.notice(f"callstream tail: waiting for topic {', '.join(missing)}…")
+                    announced = True
+                first_look = False
+                next_look = loop.time() + TOPIC_CHECK_S
+            if not assigned:
+                await asyncio.sleep(max(next_look - loop.time(), 0.0))
+                continue
+            batch = await consumer.getmany(timeout_ms=BLOCK_MS)
+            for tp, messages in batch.items():
+                family = names.get(tp.topic)
+                for message in messages:
+                    where = f"{tp.topic}[{tp.partition}]@{message.offset}"
+                    if family == kafka_topics.ANALYTICS:
+                        sink.record(where, message.key, message.value)
+                        continue
+                    headers = dict(message.headers or ())
+                    fields = {
+                        b"type": headers.get(kafka_topics.EVENT_TYPE, b""),
+                        b"event": message.value or b"",
+                    }
+                    sink.entry(where, fields)
+    finally:
+        sink.close()
+        if consumer is not None:
+            await consumer.stop()
+
+
+async def _kafka_consumer(config: KafkaConfig, sink: Sink) -> Any:
+    """A started aiokafka consumer: tries again until the broker answers."""
+    from aiokafka import AIOKafkaConsumer  # noqa: PLC0415
+    from aiokafka.errors import KafkaConnectionError, KafkaError  # noqa: PLC0415
+
+    backoff_s = FIRST_BACKOFF_S
+    lost = False
+    while True:
+        consumer = AIOKafkaConsumer(
+            **kafka_client_options(config),
+            group_id=None,
+            enable_auto_commit=False,
+            client_id="callstream-tail",
+        )
+        try:
+            await consumer.start()
+        except KafkaConnectionError as exc:
+            await consumer.stop()
+            if not lost:
+                sink.notice(f"callstream tail: kafka unavailable ({exc}), retrying…")
+                lost = True
+            await asyncio.sleep(backoff_s)
+            backoff_s = min(backoff_s * 2, MAX_BACKOFF_S)
+            continue
+        except KafkaError as exc:
+            await consumer.stop()
+            raise BusError(f"kafka refused the connection: {exc}") from None
+        if lost:
+            sink.notice(f"callstream tail: kafka is back ({config.describe()})")
+        return consumer
+
+
 def _pipe_fd(out: TextIO) -> int | None:
     """``out``'s descriptor when it is a pipe, whose closing by its reader can be watched."""
     try:
@@ -863,10 +1155,10 @@ def _pipe_fd(out: TextIO) -> int | None:
         return None
 
 
-async def _tail(settings: Settings, sink: Sink, *, from_start: bool, pipe_fd: int | None) -> int:
-    """:func:`follow` until SIGINT or SIGTERM (then 0). With ``pipe_fd``, stdout's pipe, a
-    reader that goes away (``| head``) ends it too, as BrokenPipeError, without waiting for the
-    next event to find out."""
+async def _tail(read: Callable[[], Coroutine[Any, Any, None]], *, pipe_fd: int | None) -> int:
+    """``read()`` (:func:`follow`, :func:`follow_kafka`) until SIGINT or SIGTERM (then 0).
+    With ``pipe_fd``, stdout's pipe, a reader that goes away (``| head``) ends it too, as
+    BrokenPipeError, without waiting for the next event to find out."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     broken = asyncio.Event()
@@ -879,7 +1171,7 @@ async def _tail(settings: Settings, sink: Sink, *, from_start: bool, pipe_fd: in
             loop.add_reader(pipe_fd, broken.set)
         except (OSError, ValueError):
             pipe_fd = None
-    reading = asyncio.create_task(follow(settings, sink, from_start=from_start))
+    reading = asyncio.create_task(read())
     waits = [asyncio.create_task(stop.wait()), asyncio.create_task(broken.wait())]
     try:
         await asyncio.wait({reading, *waits}, return_when=asyncio.FIRST_COMPLETED)
@@ -903,6 +1195,11 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
     out, err = sys.stdout, sys.stderr
     if hasattr(out, "reconfigure"):  # a transcript in any script, on a terminal of any locale
         out.reconfigure(errors="backslashreplace")
+    families = parse_kafka_topics(args.kafka_topics) if args.kafka or args.kafka_topics else ()
+    kafka = KafkaConfig.from_env(os.environ, settings.prefix) if families else None
+    if kafka is not None:  # aiokafka logs each assignment at INFO: stderr is for tail's notices
+        aiokafka_log = logging.getLogger("aiokafka")
+        aiokafka_log.setLevel(max(logging.WARNING, logging.getLogger().level))
     sink: Sink
     if args.json:
         sink = JsonSink(selection, out, err)
@@ -916,8 +1213,14 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
             width=shutil.get_terminal_size().columns,
         )
         sink = HumanSink(selection, view, out, err)
+
+    def read() -> Coroutine[Any, Any, None]:
+        if kafka is not None:
+            return follow_kafka(kafka, families, sink, from_start=args.from_start)
+        return follow(settings, sink, from_start=args.from_start)
+
     try:
-        return asyncio.run(_tail(settings, sink, from_start=args.from_start, pipe_fd=_pipe_fd(out)))
+        return asyncio.run(_tail(read, pipe_fd=_pipe_fd(out)))
     except BrokenPipeError:
         # stdout was closed (| head): stop quietly, and let nothing write to it at exit.
         devnull = os.open(os.devnull, os.O_WRONLY)
@@ -930,7 +1233,8 @@ def register(subparsers: Any) -> None:
         "tail",
         help="follow every call's events (cs:insights) in the terminal",
         description="Follow the events of every call (the cs:insights stream): transcripts, "
-        "insights and lifecycle events for people, or --json lines for scripts. Runs until "
+        "insights and lifecycle events for people, or --json lines for scripts; with --kafka, "
+        "the fleet analytics (or event topics) of callstream worker kafka. Runs until "
         "Ctrl-C or SIGTERM (exit 0). See docs/tail.md.",
     )
     parser.add_argument(
@@ -945,8 +1249,25 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument(
         "--from-start",
+        "--from-beginning",
+        dest="from_start",
         action="store_true",
-        help="begin with the oldest event the stream holds (default: only new events)",
+        help="begin with the oldest event the stream (or Kafka topic) holds "
+        "(default: only new ones)",
+    )
+    parser.add_argument(
+        "--kafka",
+        action="store_true",
+        help="follow the Kafka topic {prefix}.analytics of callstream worker kafka (fleet "
+        "figures per tenant/queue and minute) instead of Redis; KAFKA_BOOTSTRAP etc. as for it",
+    )
+    parser.add_argument(
+        "--kafka-topics",
+        action="append",
+        default=[],
+        metavar="FAMILY,...",
+        help="with --kafka (implied): these topics instead: analytics and/or event families "
+        "(transcripts, insights, summaries, lifecycle, agent, other)",
     )
     parser.add_argument(
         "--json",

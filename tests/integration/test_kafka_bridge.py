@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
-from aiokafka import AIOKafkaConsumer, TopicPartition  # type: ignore[import-untyped]
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from callstream.shared.events import Event
 from callstream.shared.settings import Settings
