@@ -48,6 +48,7 @@ from callstream.shared.events import (
 )
 
 __all__ = [
+    "AGENT_TURN",
     "CALL_ENDED",
     "CALL_STARTED",
     "DONE_FAMILY",
@@ -92,6 +93,7 @@ NLP_KEY_PHRASES = "nlp.key_phrases"
 NLP_INTENT = "nlp.intent"
 NLP_PII = "nlp.pii"
 NLP_SUMMARY = "nlp.summary"
+AGENT_TURN = "agent.turn"
 DONE_SUFFIX = ".done"
 DONE_FAMILY = "{kind}" + DONE_SUFFIX  # the family's name in FAMILIES and in docs/events.md
 
@@ -714,6 +716,64 @@ _SPECS: tuple[EventSpec, ...] = (
                 ],
                 "dtmf": "412",
                 "dtmf_count": 3,
+            },
+        ),
+    ),
+    EventSpec(
+        type=AGENT_TURN,
+        description="The voice agent said something: its greeting or a reply to the caller",
+        publisher="agent worker",
+        id_format="{call_id}:agent.turn:{turn}",
+        id_pattern=r":agent\.turn:[1-9][0-9]*$",
+        data=_closed(
+            {
+                "turn": {"type": "integer", "minimum": 1, "description": "1 for the greeting"},
+                "text": {"type": "string", "description": "what the agent said"},
+                "intent": {
+                    "type": ["string", "null"],
+                    "description": "the caller's intent it answered (the dialog flow's name)",
+                },
+                "action": {
+                    "enum": [None, "transfer", "end"],
+                    "description": "transfer: to a human; end: the agent said goodbye",
+                },
+                "reply_to": {
+                    "type": ["string", "null"],
+                    "description": "the final transcript or DTMF event it answered; null for "
+                    "the greeting",
+                },
+                "audio_ms": {
+                    "type": "integer",
+                    "minimum": 0,
+                    "description": "length of the reply's audio",
+                },
+                "first_audio_ms": {
+                    "type": "number",
+                    "minimum": 0,
+                    "description": "from the decision to the first sentence's audio queued "
+                    "(its synthesis)",
+                },
+                "synthesis_ms": {
+                    "type": "number",
+                    "minimum": 0,
+                    "description": "synthesizing the whole reply",
+                },
+            },
+            "one turn of the agent",
+        ),
+        example=_example(
+            "agent.turn:2",
+            AGENT_TURN,
+            "2025-03-14T09:26:52.118Z",
+            {
+                "turn": 2,
+                "text": "Sure. What is your account number?",
+                "intent": "billing",
+                "action": None,
+                "reply_to": f"{_CALL}:transcript:1:5960",
+                "audio_ms": 2140,
+                "first_audio_ms": 96.4,
+                "synthesis_ms": 171.0,
             },
         ),
     ),

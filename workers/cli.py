@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 
 GROUP = "callstream.workers"
 # Built-in kinds whose dependencies are an extra.
-EXTRAS = {"transcribe": "transcribe", "nlp": "nlp"}
+EXTRAS = {"transcribe": "transcribe", "nlp": "nlp", "agent": "agent"}
 KAFKA = "kafka"  # the Kafka bridge (workers/kafka): run by `callstream worker kafka` too
 
 

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from jsonschema import Draft202012Validator  # type: ignore[import-untyped,unused-ignore]
 
 from callstream.shared.catalogue import (
+    AGENT_TURN,
     CALL_ENDED,
     CALL_STARTED,
     DONE_FAMILY,
@@ -88,6 +89,7 @@ def test_the_catalogue_names_every_event_type_once() -> None:
         PLAYBACK_MARK,
         CALL_ENDED,
         NLP_SUMMARY,
+        AGENT_TURN,
         DONE_FAMILY,
         WORKER_FAILED,
     ]

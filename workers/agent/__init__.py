@@ -1,0 +1,1 @@
+"""The voice agent worker kind: speech in, a reply spoken back into the call."""
