@@ -5,6 +5,10 @@ and what it says is heard in the call (the recording, transcribed again)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import sys
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 import redis.asyncio as aioredis
@@ -12,7 +16,7 @@ import redis.asyncio as aioredis
 from callstream.shared.settings import Settings
 from callstream.simulate import simulate
 from callstream.speech import piper_available, say
-from tests.helpers import events, gateway_process, wait_for_event, worker_process
+from tests.helpers import events, gateway_process, wait_for_entry, wait_for_event, worker_process
 from tests.integration.test_transcribe import finals, offline
 
 RATE = 16000
@@ -60,3 +64,72 @@ async def test_the_agent_greets_and_answers_a_question_in_the_call(
     heard = await asyncio.to_thread(words, result.recording)
     assert len(heard & {"thanks", "calling", "help", "today"}) >= 2, heard
     assert len(heard & {"refunds", "refund", "payment", "method", "working", "days"}) >= 3, heard
+
+
+BILL_QUESTION = "hello i have a question about my bill"
+
+
+@contextlib.asynccontextmanager
+async def agent_replica(settings: Settings, name: str) -> AsyncIterator[asyncio.subprocess.Process]:
+    """``callstream worker agent`` with a short heartbeat, until it serves; killed at the end if
+    the test has not killed it."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "callstream", "worker", "agent", "--consumer", name,
+        "--heartbeat-s", "0.3",
+        env={**os.environ, "REDIS_URL": settings.redis_url, "CS_PREFIX": settings.prefix},
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stderr is not None
+    async with asyncio.timeout(60):
+        while b"serving up to" not in await proc.stderr.readline():
+            pass
+    drain = asyncio.create_task(proc.stderr.read())
+    try:
+        yield proc
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        await drain
+
+
+@pytest.mark.timeout(240)
+async def test_a_keypad_entry_fills_the_slot_and_a_replica_killed_mid_dialog_is_replaced(
+    settings: Settings, redis: aioredis.Redis
+) -> None:
+    """The caller asks about a bill; the agent asks for the account number; its replica is
+    killed; the caller keys the number in; the other replica, having taken the call over,
+    reads it back: the dialog went on where it was."""
+    assert piper_available(), "Piper is needed (./dev installs the speech extra)"
+    audio = bytes(6 * RATE * 2) + await asyncio.to_thread(say, BILL_QUESTION, RATE)
+    audio += bytes(24 * RATE * 2)
+    audio += bytes((-len(audio)) % (RATE // 50 * 2))
+    key = settings.keys.call_events("agent-2")
+
+    def turn(n: int) -> Callable[[dict[bytes, bytes]], bool]:
+        return lambda f: f[b"type"] == b"agent.turn" and f[b"id"].endswith(f":{n}".encode())
+
+    async with (
+        gateway_process(settings) as url,
+        worker_process(settings, "transcribe"),
+        agent_replica(settings, "first") as first,
+    ):
+        call = asyncio.create_task(
+            simulate(url, [audio], rate_hz=RATE, call_ids=["agent-2"], dtmf=[("41123456#", 22)])
+        )
+        await wait_for_entry(redis, key, turn(2), 60)  # it asked for the account number
+        async with agent_replica(settings, "second"):
+            first.kill()
+            await first.wait()
+            [result] = await call
+            assert result.error is None
+            await wait_for_entry(redis, key, turn(3), 60)
+    published = await events(redis, key)
+    turns = [e for e in published if e.type == "agent.turn"]
+    tones = [e for e in published if e.type == "dtmf"]
+    assert "".join(t.data["tone"] for t in tones) == "41123456#"
+    assert [t.data["turn"] for t in turns] == [1, 2, 3]  # none lost, none twice
+    assert turns[1].data["intent"] == "billing_question"
+    assert "account number" in turns[1].data["text"]
+    assert turns[2].data["text"] == "I heard 4 1 1 2 3 4 5 6. Is that right?"
+    assert turns[2].data["reply_to"] == tones[-1].id  # the '#' that ended the entry
