@@ -133,3 +133,36 @@ async def test_a_keypad_entry_fills_the_slot_and_a_replica_killed_mid_dialog_is_
     assert "account number" in turns[1].data["text"]
     assert turns[2].data["text"] == "I heard 4 1 1 2 3 4 5 6. Is that right?"
     assert turns[2].data["reply_to"] == tones[-1].id  # the '#' that ended the entry
+
+
+@pytest.mark.timeout(180)
+async def test_a_caller_talking_over_the_agent_stops_it(
+    settings: Settings, redis: aioredis.Redis
+) -> None:
+    """Unmixed call: the caller starts talking while the greeting plays: the agent sends
+    StopAudio and the rest of the greeting is not played."""
+    assert piper_available(), "Piper is needed (./dev installs the speech extra)"
+    key = settings.keys.call_events("agent-3")
+    interruption = await asyncio.to_thread(say, QUESTION, RATE)
+    async with (
+        gateway_process(settings) as url,
+        worker_process(settings, "transcribe"),
+        worker_process(settings, "agent"),
+    ):
+        # The caller starts talking 1.5 s into the call, while the greeting (~3 s) plays.
+        audio = bytes(3 * RATE) + interruption + bytes(6 * RATE * 2)
+        audio += bytes((-len(audio)) % (RATE // 50 * 2))
+        [result] = await simulate(
+            url, [audio], rate_hz=RATE, mode="unmixed", call_ids=["agent-3"], linger_s=4
+        )
+        await wait_for_event(redis, key, "agent.done", 60)
+    assert result.error is None
+    published = await events(redis, key)
+    assert result.stops_received >= 1
+    greeting = next(e for e in published if e.type == "agent.turn")
+    started = next(e for e in published if e.type == "speech.started")
+    # The caller spoke before the greeting could have finished ...
+    assert started.data["offset"] // 10_000 < greeting.data["audio_ms"]
+    # ... and the greeting was cut: what the caller heard before the answer is shorter.
+    answer = [e for e in published if e.type == "agent.turn"][1]
+    assert result.frames_received * 20 < greeting.data["audio_ms"] + answer.data["audio_ms"]
