@@ -17,6 +17,7 @@ from callstream.shared.settings import Settings
 from callstream.simulate import simulate
 from callstream.speech import piper_available, say
 from tests.helpers import events, gateway_process, wait_for_entry, wait_for_event, worker_process
+from tests.integration.test_agent_llm import StandIn, sse
 from tests.integration.test_transcribe import finals, offline
 
 RATE = 16000
@@ -166,3 +167,41 @@ async def test_a_caller_talking_over_the_agent_stops_it(
     # ... and the greeting was cut: what the caller heard before the answer is shorter.
     answer = [e for e in published if e.type == "agent.turn"][1]
     assert result.frames_received * 20 < greeting.data["audio_ms"] + answer.data["audio_ms"]
+
+
+@pytest.mark.timeout(180)
+async def test_with_llm_the_agent_speaks_the_models_streamed_reply(
+    settings: Settings, redis: aioredis.Redis
+) -> None:
+    """``--llm URL``: the caller's final transcript goes to an OpenAI-compatible endpoint (a
+    stand-in that streams like the real API) with the conversation so far; what it streams is
+    said in the call."""
+    assert piper_available(), "Piper is needed (./dev installs the speech extra)"
+    audio = await asyncio.to_thread(caller)
+    key = settings.keys.call_events("agent-4")
+    reply = "Of course. I have refunded the second charge. Anything else?"
+    stream = sse("Of cour", "se. I have ref", "unded the second charge. Any", "thing else?")
+    async with (
+        StandIn(script=[stream]) as model,
+        gateway_process(settings) as url,
+        worker_process(settings, "transcribe"),
+        worker_process(settings, "agent", "--llm", model.url),
+    ):
+        [result] = await simulate(url, [audio], rate_hz=RATE, call_ids=["agent-4"], linger_s=8)
+        assert result.error is None
+        await wait_for_event(redis, key, "agent.done", 60)
+    published = await events(redis, key)
+    greeting, answer = [e for e in published if e.type == "agent.turn"][:2]
+    [question] = finals(published)
+    assert answer.data["text"] == reply
+    assert answer.data["reply_to"] == question.id
+    [request] = model.requests
+    messages = request.body["messages"]
+    assert request.body["stream"] is True
+    assert messages[0]["role"] == "system"
+    assert messages[1:] == [
+        {"role": "assistant", "content": greeting.data["text"]},
+        {"role": "user", "content": question.data["text"]},
+    ]
+    heard = await asyncio.to_thread(words, result.recording)
+    assert len(heard & {"refunded", "second", "charge", "anything", "else"}) >= 3, heard

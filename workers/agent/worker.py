@@ -23,17 +23,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from callstream.shared.catalogue import SPEECH_STARTED, TRANSCRIPT
 from callstream.shared.events import CALL_STARTED, DTMF, Event
 from callstream.workers.agent.dialog import Dialog, Reply, load_flow
+from callstream.workers.agent.llm import ChatLlm, LlmConfig, LlmError
 from callstream.workers.agent.tts import Synthesizer, make_synthesizer, sentences
 from callstream.workers.api import CallContext, CallHandler, HandlerFactory, Inputs, Item, Kind
+
+log = logging.getLogger(__name__)
 
 NAME = "agent"
 TURN = "agent.turn"
@@ -42,6 +46,8 @@ INPUTS = Inputs(
     events=frozenset({CALL_STARTED, TRANSCRIPT, DTMF, SPEECH_STARTED}),
     until=frozenset({"transcribe.done"}),
 )
+MAX_HISTORY = 40  # utterances and replies kept as the LLM's context
+LLM_APOLOGY = "Sorry, I'm having trouble answering right now. Could you say that again?"
 TICKS_PER_MS = 10_000  # transcript offsets are in 100-ns ticks from the call's start
 BYTES_PER_SAMPLE = 2
 
@@ -49,10 +55,13 @@ BYTES_PER_SAMPLE = 2
 class AgentHandler:
     """One call's conversation."""
 
-    def __init__(self, ctx: CallContext, dialog: Dialog, voice: Synthesizer) -> None:
+    def __init__(
+        self, ctx: CallContext, dialog: Dialog, voice: Synthesizer, llm: ChatLlm | None = None
+    ) -> None:
         self._ctx = ctx
         self._dialog = dialog
         self._voice = voice
+        self._llm = llm
         state = ctx.state
         self._dialog_state: dict[str, Any] = state.setdefault("dialog", {})
         state.setdefault("turns", 0)
@@ -73,7 +82,10 @@ class AgentHandler:
                 if self._own_voice(value):
                     continue
                 text = value.data.get("text")
-                if isinstance(text, str):
+                if isinstance(text, str) and text:
+                    if self._llm is not None:
+                        await self._speak(self._ask(text), Reply(""), value)
+                        continue
                     reply = self._dialog.on_utterance(self._dialog_state, text)
                     if reply is not None:
                         await self._say(reply, value)
@@ -85,6 +97,18 @@ class AgentHandler:
     async def aclose(self) -> None:
         pass
 
+    async def _ask(self, utterance: str) -> AsyncIterator[str]:
+        """The LLM's reply to ``utterance``, sentence by sentence, the conversation so far as
+        its context; an apology if it fails midway (what it said so far stands)."""
+        assert self._llm is not None
+        history = [(role, said) for role, said in self._ctx.state.get("history", [])]
+        try:
+            async for sentence in self._llm.reply(history, utterance):
+                yield sentence
+        except LlmError as exc:
+            log.warning("call %s: %s", self._ctx.call.call_id, exc)
+            yield LLM_APOLOGY
+
     # ---------------------------------------------------------------- speaking
 
     def _now_ms(self) -> int:
@@ -93,16 +117,29 @@ class AgentHandler:
 
     async def _say(self, reply: Reply, heard: Event | None) -> None:
         """Synthesize ``reply`` sentence by sentence into the call, and publish its turn."""
+        await self._speak(_listed(sentences(reply.text)), reply, heard)
+
+    async def _speak(self, source: AsyncIterator[str], reply: Reply, heard: Event | None) -> None:
+        """Each sentence of ``source`` synthesized and played as it comes (an LLM's first
+        sentence is heard while the rest is generated); then the turn's event."""
         rate = self._ctx.call.rate_hz
         began = time.monotonic()
         audio_ms = 0
         first_audio_ms: float | None = None
-        for sentence in sentences(reply.text):
+        said: list[str] = []
+        async for sentence in source:
+            said.append(sentence)
             pcm = await asyncio.to_thread(self._voice.synthesize, sentence, rate)
             if first_audio_ms is None:
                 first_audio_ms = (time.monotonic() - began) * 1000
             self._ctx.audio.play(pcm)
             audio_ms += len(pcm) * 1000 // (BYTES_PER_SAMPLE * rate)
+        text = " ".join(said)
+        history = self._ctx.state.setdefault("history", [])
+        if heard is not None and heard.type == TRANSCRIPT:
+            history.append(["user", str(heard.data.get("text", ""))])
+        history.append(["assistant", text])
+        del history[:-MAX_HISTORY]
         start, end = self._ctx.state["playing"]
         now = self._now_ms()
         start = max(now, end)  # after what is still playing
@@ -113,7 +150,7 @@ class AgentHandler:
             TURN,
             {
                 "turn": turn,
-                "text": reply.text,
+                "text": text,
                 "intent": reply.intent,
                 "action": reply.action,
                 "reply_to": heard.id if heard is not None else None,
@@ -151,11 +188,16 @@ class AgentHandler:
         return overlap * 2 > length
 
 
-def agent_factory(dialog: Dialog, voice: Synthesizer) -> HandlerFactory:
+def agent_factory(dialog: Dialog, voice: Synthesizer, llm: ChatLlm | None = None) -> HandlerFactory:
     def factory(ctx: CallContext) -> CallHandler:
-        return AgentHandler(ctx, dialog, voice)
+        return AgentHandler(ctx, dialog, voice, llm)
 
     return factory
+
+
+async def _listed(items: Sequence[str]) -> AsyncIterator[str]:
+    for item in items:
+        yield item
 
 
 def configure(options: argparse.Namespace) -> HandlerFactory:
@@ -165,7 +207,8 @@ def configure(options: argparse.Namespace) -> HandlerFactory:
     voice = make_synthesizer(options.tts, os.environ)
     if options.tts != "azure":  # load the voice now, not in the first call's greeting (offline)
         voice.synthesize("Hello.", 16000)
-    return agent_factory(Dialog(flow), voice)
+    llm = ChatLlm(LlmConfig.from_env(options.llm, os.environ)) if options.llm else None
+    return agent_factory(Dialog(flow), voice, llm)
 
 
 def _add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -175,6 +218,13 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         metavar="FLOWS.yaml",
         help="the dialog flow (docs/agent.md); default: a contact-centre sample",
+    )
+    parser.add_argument(
+        "--llm",
+        default=None,
+        metavar="URL",
+        help="answer with an OpenAI-compatible chat completions endpoint (Azure OpenAI too; "
+        "CS_LLM_API_KEY, ...: docs/agent.md) instead of the dialog flow's replies",
     )
     parser.add_argument(
         "--tts",
