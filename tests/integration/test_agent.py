@@ -22,11 +22,13 @@ from tests.integration.test_transcribe import finals, offline
 
 RATE = 16000
 QUESTION = "can you please refund the second charge"
+# PocketSphinx hears this one word for word (it once heard QUESTION's 'refund' as 'riff on').
+CANCEL = "please cancel my order"
 
 
-def caller() -> bytes:
+def caller(question: str = QUESTION) -> bytes:
     """Silence while the agent greets, the question, then silence for the answer."""
-    audio = bytes(6 * RATE * 2) + say(QUESTION, RATE) + bytes(12 * RATE * 2)
+    audio = bytes(6 * RATE * 2) + say(question, RATE) + bytes(12 * RATE * 2)
     return audio + bytes((-len(audio)) % (RATE // 50 * 2))
 
 
@@ -39,7 +41,7 @@ async def test_the_agent_greets_and_answers_a_question_in_the_call(
     settings: Settings, redis: aioredis.Redis
 ) -> None:
     assert piper_available(), "Piper is needed (./dev installs the speech extra)"
-    audio = await asyncio.to_thread(caller)
+    audio = await asyncio.to_thread(caller, CANCEL)
     key = settings.keys.call_events("agent-1")
     async with (
         gateway_process(settings) as url,
@@ -57,14 +59,14 @@ async def test_the_agent_greets_and_answers_a_question_in_the_call(
     assert greeting.data["text"].startswith("Hello, thanks for calling")
     [question] = finals(published)
     assert answer.data["reply_to"] == question.id
-    assert answer.data["intent"] == "refund"
-    assert answer.data["text"].startswith("Refunds are made to your original payment method")
+    assert answer.data["intent"] == "cancel"
+    assert answer.data["text"].startswith("I'm sorry to hear you want to leave")
     assert answer.data["audio_ms"] > 1000
     # What the caller heard: the greeting, then the answer (transcribed from the recording).
     assert result.frames_received > 0
     heard = await asyncio.to_thread(words, result.recording)
     assert len(heard & {"thanks", "calling", "help", "today"}) >= 2, heard
-    assert len(heard & {"refunds", "refund", "payment", "method", "working", "days"}) >= 3, heard
+    assert len(heard & {"sorry", "leave", "cancel", "website", "fee"}) >= 3, heard
 
 
 BILL_QUESTION = "hello i have a question about my bill"
