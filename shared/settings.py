@@ -102,40 +102,44 @@ class Settings:
             redis_url=env.get("REDIS_URL") or defaults.redis_url,
             prefix=env.get("CS_PREFIX") or defaults.prefix,
             auth=auth,
-            max_message_bytes=_int(env, "CS_MAX_MESSAGE_BYTES", defaults.max_message_bytes),
+            max_message_bytes=env_int(env, "CS_MAX_MESSAGE_BYTES", defaults.max_message_bytes),
             metadata_timeout_s=_float(env, "CS_METADATA_TIMEOUT_S", defaults.metadata_timeout_s),
             drain_timeout_s=_float(env, "CS_DRAIN_TIMEOUT_S", defaults.drain_timeout_s),
             inbound_idle_timeout_s=_float(
                 env, "CS_INBOUND_IDLE_TIMEOUT_S", defaults.inbound_idle_timeout_s
             ),
             call_lease_s=_float(env, "CS_CALL_LEASE_S", defaults.call_lease_s),
-            max_participants=_int(env, "CS_MAX_PARTICIPANTS", defaults.max_participants),
-            max_messages_per_s=_int(env, "CS_MAX_MESSAGES_PER_S", defaults.max_messages_per_s),
-            max_calls=_int(env, "CS_MAX_CALLS", defaults.max_calls),
+            max_participants=env_int(env, "CS_MAX_PARTICIPANTS", defaults.max_participants),
+            max_messages_per_s=env_int(env, "CS_MAX_MESSAGES_PER_S", defaults.max_messages_per_s),
+            max_calls=env_int(env, "CS_MAX_CALLS", defaults.max_calls),
             egress_max_buffer_s=_float(env, "CS_EGRESS_MAX_BUFFER_S", defaults.egress_max_buffer_s),
             egress_stall_timeout_s=_float(
                 env, "CS_EGRESS_STALL_TIMEOUT_S", defaults.egress_stall_timeout_s
             ),
-            max_connections_per_address=_int(
+            max_connections_per_address=env_int(
                 env,
                 "CS_MAX_CONNECTIONS_PER_ADDRESS",
                 defaults.max_connections_per_address,
                 allow_zero=True,
             ),
-            in_stream_maxlen=_int(env, "CS_IN_STREAM_MAXLEN", defaults.in_stream_maxlen),
-            out_stream_maxlen=_int(env, "CS_OUT_STREAM_MAXLEN", defaults.out_stream_maxlen),
-            events_maxlen=_int(env, "CS_EVENTS_MAXLEN", defaults.events_maxlen),
-            insights_maxlen=_int(env, "CS_INSIGHTS_MAXLEN", defaults.insights_maxlen),
-            insights_max_held=_int(env, "CS_INSIGHTS_MAX_HELD", defaults.insights_max_held),
-            calls_retention_s=_int(env, "CS_CALLS_RETENTION_S", defaults.calls_retention_s),
-            call_ttl_s=_int(env, "CS_CALL_TTL_S", defaults.call_ttl_s),
+            in_stream_maxlen=env_int(env, "CS_IN_STREAM_MAXLEN", defaults.in_stream_maxlen),
+            out_stream_maxlen=env_int(env, "CS_OUT_STREAM_MAXLEN", defaults.out_stream_maxlen),
+            events_maxlen=env_int(env, "CS_EVENTS_MAXLEN", defaults.events_maxlen),
+            insights_maxlen=env_int(env, "CS_INSIGHTS_MAXLEN", defaults.insights_maxlen),
+            insights_max_held=env_int(env, "CS_INSIGHTS_MAX_HELD", defaults.insights_max_held),
+            calls_retention_s=env_int(env, "CS_CALLS_RETENTION_S", defaults.calls_retention_s),
+            call_ttl_s=env_int(env, "CS_CALL_TTL_S", defaults.call_ttl_s),
             flush_interval_ms=_float(env, "CS_FLUSH_INTERVAL_MS", defaults.flush_interval_ms),
-            max_backlog_bytes=_int(env, "CS_MAX_BACKLOG_BYTES", defaults.max_backlog_bytes),
-            worker_max_attempts=_int(env, "CS_WORKER_MAX_ATTEMPTS", defaults.worker_max_attempts),
+            max_backlog_bytes=env_int(env, "CS_MAX_BACKLOG_BYTES", defaults.max_backlog_bytes),
+            worker_max_attempts=env_int(
+                env, "CS_WORKER_MAX_ATTEMPTS", defaults.worker_max_attempts
+            ),
             worker_backlog_speed=_float(
                 env, "CS_WORKER_BACKLOG_SPEED", defaults.worker_backlog_speed
             ),
-            worker_max_deferred=_int(env, "CS_WORKER_MAX_DEFERRED", defaults.worker_max_deferred),
+            worker_max_deferred=env_int(
+                env, "CS_WORKER_MAX_DEFERRED", defaults.worker_max_deferred
+            ),
             call_idle_timeout_s=_float(env, "CS_CALL_IDLE_TIMEOUT_S", defaults.call_idle_timeout_s),
             audio_replay_margin_s=_float(
                 env, "CS_AUDIO_REPLAY_MARGIN_S", defaults.audio_replay_margin_s
@@ -156,7 +160,8 @@ def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
     raise ConfigError(f"{name} must be 1 or 0 (true/false, yes/no, on/off), got {raw!r}")
 
 
-def _int(env: Mapping[str, str], name: str, default: int, *, allow_zero: bool = False) -> int:
+def env_int(env: Mapping[str, str], name: str, default: int, *, allow_zero: bool = False) -> int:
+    """A positive integer setting (or zero, with ``allow_zero``); ConfigError saying why not."""
     raw = env.get(name)
     if not raw:
         return default

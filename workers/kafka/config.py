@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from callstream.shared.errors import ConfigError
+from callstream.shared.settings import env_int
 
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
@@ -77,9 +78,9 @@ class KafkaConfig:
             sasl_password=password,
             ssl_cafile=env.get("KAFKA_SSL_CAFILE") or None,
             topic_prefix=prefix,
-            partitions=_positive(env, "CS_KAFKA_PARTITIONS", 6),
-            replication_factor=_positive(env, "CS_KAFKA_REPLICATION_FACTOR", 1),
-            session_timeout_s=_positive(env, "CS_KAFKA_SESSION_TIMEOUT_S", 30),
+            partitions=env_int(env, "CS_KAFKA_PARTITIONS", 6),
+            replication_factor=env_int(env, "CS_KAFKA_REPLICATION_FACTOR", 1),
+            session_timeout_s=env_int(env, "CS_KAFKA_SESSION_TIMEOUT_S", 30),
         )
 
     @property
@@ -94,16 +95,3 @@ class KafkaConfig:
         """Where, and how, without the password (for logs)."""
         auth = f", {self.sasl_mechanism} as {self.sasl_username}" if self.uses_sasl else ""
         return f"{','.join(self.bootstrap)} ({self.security_protocol}{auth})"
-
-
-def _positive(env: Mapping[str, str], name: str, default: int) -> int:
-    text = env.get(name)
-    if text is None:
-        return default
-    try:
-        value = int(text)
-    except ValueError:
-        raise ConfigError(f"{name} must be a whole number, got {text!r}") from None
-    if value < 1:
-        raise ConfigError(f"{name} must be at least 1, got {value}")
-    return value

@@ -95,8 +95,8 @@ def test_event_hubs_settings() -> None:
         ({"KAFKA_SECURITY_PROTOCOL": "SASL_SSL"}, "needs KAFKA_SASL_USERNAME"),
         ({"KAFKA_SASL_MECHANISM": "GSSAPI"}, "KAFKA_SASL_MECHANISM must be one of"),
         ({"CS_KAFKA_TOPIC_PREFIX": "a b"}, "CS_KAFKA_TOPIC_PREFIX must be"),
-        ({"CS_KAFKA_PARTITIONS": "0"}, "at least 1"),
-        ({"CS_KAFKA_PARTITIONS": "many"}, "whole number"),
+        ({"CS_KAFKA_PARTITIONS": "0"}, "CS_KAFKA_PARTITIONS must be positive, got 0"),
+        ({"CS_KAFKA_PARTITIONS": "many"}, "CS_KAFKA_PARTITIONS must be an integer"),
     ],
 )
 def test_bad_settings_are_refused_with_the_reason(env: dict[str, str], message: str) -> None:
