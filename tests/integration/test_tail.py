@@ -11,7 +11,8 @@ import contextlib
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
+from contextlib import AbstractAsyncContextManager as AsyncContextManager
 from dataclasses import dataclass
 
 import pytest
@@ -59,15 +60,21 @@ class TailProcess:
             return (await self.proc.stderr.read()).decode()
 
 
+def tail_process(redis_url: str, prefix: str, *args: str) -> AsyncContextManager[TailProcess]:
+    return tail_with({"REDIS_URL": redis_url, "CS_PREFIX": prefix}, *args)
+
+
 @contextlib.asynccontextmanager
-async def tail_process(redis_url: str, prefix: str, *args: str) -> AsyncIterator[TailProcess]:
+async def tail_with(env: Mapping[str, str], *args: str) -> AsyncIterator[TailProcess]:
+    """``callstream tail ARGS`` with ``env`` added to the environment (and TZ=UTC); killed at
+    the end if still running."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "callstream",
         "tail",
         *args,
-        env={**os.environ, "REDIS_URL": redis_url, "CS_PREFIX": prefix, "TZ": "UTC"},
+        env={**os.environ, **env, "TZ": "UTC"},
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )

@@ -11,11 +11,9 @@ import asyncio
 import contextlib
 import dataclasses
 import json
-import os
 import signal
-import sys
 import uuid
-from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager as AsyncContextManager
 
 import pytest
 from aiokafka import AIOKafkaProducer
@@ -32,7 +30,7 @@ from callstream.workers.kafka.analytics import (
     record_key,
 )
 from tests.helpers import example_event
-from tests.integration.test_tail import TailProcess
+from tests.integration.test_tail import TailProcess, tail_with
 
 MINUTE = parse_iso_ms("2025-03-14T09:26:00Z") or 0
 
@@ -42,24 +40,8 @@ def prefix() -> str:
     return f"cstest-{uuid.uuid4().hex[:10]}"
 
 
-@contextlib.asynccontextmanager
-async def tail_process(bootstrap: str, prefix: str, *args: str) -> AsyncIterator[TailProcess]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "callstream",
-        "tail",
-        *args,
-        env={**os.environ, "KAFKA_BOOTSTRAP": bootstrap, "CS_PREFIX": prefix, "TZ": "UTC"},
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        yield TailProcess(proc)
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+def tail_process(bootstrap: str, prefix: str, *args: str) -> AsyncContextManager[TailProcess]:
+    return tail_with({"KAFKA_BOOTSTRAP": bootstrap, "CS_PREFIX": prefix}, *args)
 
 
 async def create_topic(bootstrap: str, name: str, partitions: int = 1) -> None:
