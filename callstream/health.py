@@ -20,6 +20,8 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry, make_wsgi_app
 
+from callstream.shared.errors import ConfigError
+
 Readiness = Callable[[], tuple[bool, str]]
 StartResponse = Callable[..., Any]
 
@@ -83,3 +85,16 @@ class HealthServer:
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(timeout=5)
+
+
+def serve_health(
+    host: str, port: int | None, registry: CollectorRegistry, readiness: Readiness
+) -> HealthServer | None:
+    """A process's ``--metrics-port``: its :class:`HealthServer`, or None when not asked for;
+    ConfigError when the port cannot be served."""
+    if port is None:
+        return None
+    try:
+        return HealthServer(host, port, registry, readiness)
+    except OSError as exc:
+        raise ConfigError(f"cannot serve metrics on port {port}: {exc}") from None

@@ -8,9 +8,8 @@ import logging
 import signal
 from typing import Any
 
-from callstream.health import HealthServer
+from callstream.health import serve_health
 from callstream.ingress.server import Gateway
-from callstream.shared.errors import ConfigError
 from callstream.shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -33,16 +32,9 @@ async def serve(settings: Settings, args: argparse.Namespace) -> int:
         allow_unauthenticated=args.allow_unauthenticated,
         metrics_on_call_port=args.metrics_port is None,
     ) as gateway:
-        health = None
-        if args.metrics_port is not None:
-            try:
-                health = HealthServer(
-                    args.metrics_host, args.metrics_port, gateway.registry, gateway.readiness
-                )
-            except OSError as exc:
-                raise ConfigError(
-                    f"cannot serve metrics on port {args.metrics_port}: {exc}"
-                ) from None
+        health = serve_health(
+            args.metrics_host, args.metrics_port, gateway.registry, gateway.readiness
+        )
         auth = "token validation on" if settings.auth.enabled else AUTH_OFF
         if not settings.auth.enabled:
             log.warning("%s", AUTH_OFF)

@@ -18,7 +18,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from callstream.health import HealthServer
+from callstream.health import serve_health
 from callstream.shared.errors import ConfigError
 from callstream.shared.settings import Settings
 from callstream.workers.api import Kind
@@ -125,16 +125,8 @@ async def serve(settings: Settings, kind: Kind, options: argparse.Namespace) -> 
         heartbeat_s=options.heartbeat_s,
         registry=registry,
     )
-    health = None
-    if options.metrics_port is not None:
-        try:
-            health = HealthServer(
-                options.metrics_host, options.metrics_port, registry, runtime.readiness
-            )
-        except OSError as exc:
-            raise ConfigError(
-                f"cannot serve metrics on port {options.metrics_port}: {exc}"
-            ) from None
+    health = serve_health(options.metrics_host, options.metrics_port, registry, runtime.readiness)
+    if health is not None:
         log.info(
             "metrics, /healthz and /readyz on http://%s:%d",
             options.metrics_host,

@@ -17,8 +17,7 @@ from collections.abc import Sequence
 
 from prometheus_client import CollectorRegistry
 
-from callstream.health import HealthServer
-from callstream.shared.errors import ConfigError
+from callstream.health import serve_health
 from callstream.shared.settings import Settings
 from callstream.workers.kafka.app import embedded_worker, event_topics, make_app
 from callstream.workers.kafka.bridge import Bridge
@@ -95,16 +94,7 @@ async def serve(settings: Settings, options: argparse.Namespace, config: KafkaCo
         view=view,
         registry=registry,
     )
-    health = None
-    if options.metrics_port is not None:
-        try:
-            health = HealthServer(
-                options.metrics_host, options.metrics_port, registry, bridge.readiness
-            )
-        except OSError as exc:
-            raise ConfigError(
-                f"cannot serve metrics on port {options.metrics_port}: {exc}"
-            ) from None
+    health = serve_health(options.metrics_host, options.metrics_port, registry, bridge.readiness)
     worker = embedded_worker(app)
     try:
         await worker.start()
