@@ -11,6 +11,10 @@ so the platform's buffer stays short and a stop takes effect quickly.
 * A stop drops everything queued (and the held tail) and is released at once.
 * A mark is reached when playback gets to it: the slot after the audio before it has begun. It
   does not hold back the audio after it, which is released ahead as usual.
+* A pause (a possible barge-in) sends a stop at once, so the platform drops the ``lead_s`` it
+  holds, and takes back what was released but not yet heard (frames whose slot has not ended,
+  marks not reached) to the front of the queue; nothing is released until a resume, which
+  plays on from there on a new schedule. A stop drops it all, paused or not.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 
-from callstream.shared.entries import OutAudio, OutEntry, OutMark, OutStop
+from callstream.shared.entries import OutAudio, OutEntry, OutMark, OutPause, OutResume, OutStop
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,7 +57,9 @@ class Playout:
         "_lead_s",
         "_marks",
         "_next_slot",
+        "_paused",
         "_queue",
+        "_sent",
         "_stop_pending",
         "_tail",
         "_tail_since",
@@ -74,6 +80,9 @@ class Playout:
         self._tail_since = 0.0  # when the held tail began to wait
         self._next_slot: float | None = None
         self._stop_pending = False
+        self._paused = False
+        # Released frames whose slot may not have ended: what a pause takes back.
+        self._sent: deque[tuple[float, bytes]] = deque()
         self.restarts = 0  # times audio resumed after the schedule had fallen behind the clock
 
     @property
@@ -84,6 +93,10 @@ class Playout:
     def backlog(self) -> int:
         """Frames (and marks) queued: an upper bound of :attr:`queued_frames`, in O(1)."""
         return len(self._queue)
+
+    @property
+    def paused(self) -> bool:
+        return self._paused
 
     @property
     def idle(self) -> bool:
@@ -107,9 +120,16 @@ class Playout:
             # Marks behind dropped audio are never reached: they are dropped too.
             self._queue.clear()
             self._marks.clear()
+            self._sent.clear()
             self._tail = b""
             self._stop_pending = True
             self._next_slot = None
+            self._paused = False
+        elif isinstance(entry, OutPause):
+            if not self._paused:
+                self._pause(now_s)
+        elif isinstance(entry, OutResume):
+            self._paused = False
 
     def due(self, now_s: float) -> list[Action]:
         """Every action due at ``now_s``, in order."""
@@ -118,7 +138,7 @@ class Playout:
             self._stop_pending = False
             actions.append(SendStop())
         queue = self._queue
-        while True:
+        while not self._paused:
             if not queue:
                 if not self._tail:
                     break
@@ -139,6 +159,9 @@ class Playout:
             queue.popleft()
             actions.append(SendFrame(item, slot))
             self._next_slot = slot + self._frame_s
+            self._sent.append((slot, item))
+        while self._sent and self._sent[0][0] + self._frame_s <= now_s:
+            self._sent.popleft()
         while self._marks and self._marks[0][0] <= now_s:
             actions.append(MarkReached(self._marks.popleft()[1]))
         return actions
@@ -148,6 +171,8 @@ class Playout:
         if self._stop_pending:
             return now_s
         candidates = []
+        if self._paused:
+            return self._marks[0][0] if self._marks else None
         if self._marks:
             candidates.append(self._marks[0][0])
         if self._queue:
@@ -158,6 +183,22 @@ class Playout:
         return max(now_s, min(candidates)) if candidates else None
 
     # ------------------------------------------------------------------ internals
+
+    def _pause(self, now_s: float) -> None:
+        """Stop the platform now; what it had not played yet goes back to the queue's front."""
+        self._paused = True
+        back: list[tuple[float, int, bytes | OutMark]] = [
+            (slot, 1, pcm) for slot, pcm in self._sent if slot + self._frame_s > now_s
+        ]
+        # A mark not reached yet goes back before the frame of its slot; one reached stays.
+        back += [(at_s, 0, OutMark(name)) for at_s, name in self._marks if at_s > now_s]
+        self._marks = deque((at_s, name) for at_s, name in self._marks if at_s <= now_s)
+        self._sent.clear()
+        if back or (self._next_slot is not None and self._next_slot > now_s):
+            self._stop_pending = True  # the platform holds audio: drop it
+        back.sort(key=lambda item: (item[0], item[1]))
+        self._queue.extendleft(item for _, _, item in reversed(back))
+        self._next_slot = None
 
     def _slot_for_next_frame(
         self, now_s: float, *, count_restart: bool, peek: bool = False

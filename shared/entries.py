@@ -160,13 +160,25 @@ class OutStop:
 
 
 @dataclass(frozen=True, slots=True)
+class OutPause:
+    """Hold playback: tell the platform to stop at once, but keep what was not yet heard (what
+    the platform dropped too) to play on :class:`OutResume`. For a sound that may be a barge-in
+    or only a cough: an :class:`OutStop` later drops it all."""
+
+
+@dataclass(frozen=True, slots=True)
+class OutResume:
+    """Play on from where :class:`OutPause` held it."""
+
+
+@dataclass(frozen=True, slots=True)
 class OutMark:
     """Playback reached this point: egress emits a ``playback.mark`` event when it does."""
 
     name: str
 
 
-OutEntry = OutAudio | OutStop | OutMark
+OutEntry = OutAudio | OutStop | OutMark | OutPause | OutResume
 
 
 def encode_out(entry: OutEntry) -> Fields:
@@ -174,6 +186,10 @@ def encode_out(entry: OutEntry) -> Fields:
         return {b"kind": b"audio", b"pcm": entry.pcm}
     if isinstance(entry, OutStop):
         return {b"kind": b"stop"}
+    if isinstance(entry, OutPause):
+        return {b"kind": b"pause"}
+    if isinstance(entry, OutResume):
+        return {b"kind": b"resume"}
     return {b"kind": b"mark", b"name": entry.name}
 
 
@@ -185,7 +201,13 @@ def decode_out(raw: RawFields) -> OutEntry:
         return OutStop()
     if kind == b"mark":
         return OutMark(name=_text(raw, b"name"))
-    raise EntryError(f"outbound entry kind should be audio, stop or mark, got {kind!r}")
+    if kind == b"pause":
+        return OutPause()
+    if kind == b"resume":
+        return OutResume()
+    raise EntryError(
+        f"outbound entry kind should be audio, stop, mark, pause or resume, got {kind!r}"
+    )
 
 
 # --------------------------------------------------------------------------- cs:calls

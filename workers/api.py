@@ -101,6 +101,13 @@ class AudioOut(Protocol):
     def mark(self, name: str) -> None:
         """A ``playback.mark`` event is published when playback reaches this point."""
 
+    def pause(self) -> None:
+        """Hold playback (a possible barge-in): the platform stops at once; what it had not
+        played is kept, to go on with :meth:`resume` or be dropped by :meth:`stop`."""
+
+    def resume(self) -> None:
+        """Play on from where :meth:`pause` held it."""
+
 
 class EventOut(Protocol):
     """The one way a handler publishes events (the call's events stream and ``cs:insights``)."""

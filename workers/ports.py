@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from callstream.shared.entries import Fields, OutMark, OutStop, encode_out
+from callstream.shared.entries import Fields, OutMark, OutPause, OutResume, OutStop, encode_out
 from callstream.shared.events import Event
 from callstream.shared.settings import Settings
 from callstream.workers.api import keyed_event
@@ -51,6 +51,12 @@ class RedisAudioOut:
 
     def mark(self, name: str) -> None:
         self._add(encode_out(OutMark(name)))
+
+    def pause(self) -> None:
+        self._add(encode_out(OutPause()))
+
+    def resume(self) -> None:
+        self._add(encode_out(OutResume()))
 
     def _add(self, fields: Fields) -> None:
         self._writer.add(self._call_id, "XADD", self._key, *_xadd(self._maxlen, fields))

@@ -39,6 +39,12 @@ class MemoryAudioOut:
     def mark(self, name: str) -> None:
         self.log.append(("mark", name))
 
+    def pause(self) -> None:
+        self.log.append(("pause", None))
+
+    def resume(self) -> None:
+        self.log.append(("resume", None))
+
 
 @dataclass
 class MemoryEventOut:

@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from callstream.egress.playout import Action, MarkReached, Playout, SendFrame, SendStop
-from callstream.shared.entries import OutAudio, OutMark, OutStop
+from callstream.shared.entries import OutAudio, OutMark, OutPause, OutResume, OutStop
 
 FRAME = 640
 LEAD = 0.1
@@ -192,3 +192,95 @@ def test_bad_construction_is_rejected() -> None:
         Playout(641)
     with pytest.raises(ValueError, match="must not be negative"):
         Playout(640, lead_s=-1)
+
+
+def numbered(count: int) -> bytes:
+    """``count`` frames, frame i filled with byte i: which frame is which can be told."""
+    return b"".join(bytes([i]) * FRAME for i in range(count))
+
+
+def test_a_pause_stops_the_platform_and_keeps_what_it_had_not_played() -> None:
+    playout = Playout(FRAME, lead_s=LEAD)
+    playout.push(OutAudio(numbered(20)), 0.0)
+    before = frames(playout.due(0.0))  # frames 0..5 released (slots 0..100 ms)
+    before += frames(playout.due(0.050))  # 6..7
+    assert [f.pcm[0] for f in before] == list(range(8))
+    playout.push(OutPause(), 0.050)  # frames 0-1 played, 2 is playing: 2.. not heard whole
+    assert playout.due(0.050) == [SendStop()]
+    assert playout.paused
+    assert playout.next_wakeup(0.051) is None
+    assert playout.due(3.0) == []  # held, however long
+    assert not playout.idle
+    playout.push(OutResume(), 3.0)
+    after, _ = run_until_idle(playout, 3.0)
+    assert [f.pcm[0] for f in frames(after)] == list(range(2, 20))  # on from frame 2
+    assert frames(after)[0].slot_s == pytest.approx(3.0)  # a new schedule
+    assert SendStop() not in after
+
+
+def test_marks_not_reached_at_a_pause_are_reached_after_the_audio_before_them() -> None:
+    playout = Playout(FRAME, lead_s=LEAD)
+    playout.push(OutAudio(numbered(3)), 0.0)  # frames 0, 1, 2
+    playout.push(OutMark("start"), 0.0)
+    playout.push(OutAudio(numbered(13)[3 * FRAME :]), 0.0)  # frames 3..12
+    playout.push(OutMark("end"), 0.0)
+    early = playout.due(0.0) + playout.due(0.030)  # "start" released, due at 60 ms
+    assert not any(isinstance(a, MarkReached) for a in early)
+    playout.push(OutPause(), 0.030)  # frame 1 is playing
+    assert playout.due(0.030) == [SendStop()]
+    playout.push(OutResume(), 1.0)
+    after: list[Action] = []
+    reached_at: dict[str, float] = {}
+    now = 1.0
+    while not playout.idle:
+        for action in playout.due(now):
+            after.append(action)
+            if isinstance(action, MarkReached):
+                reached_at[action.name] = now
+        now += 0.001
+    order = [
+        f"mark {a.name}" if isinstance(a, MarkReached) else a.pcm[0]
+        for a in after
+        if isinstance(a, MarkReached | SendFrame)
+    ]
+    # Frames are released ahead of their slot, marks when their slot comes: "start" is
+    # reached after frames 1 and 2 have played, i.e. once frame 3's slot begins.
+    assert [x for x in order if isinstance(x, int)] == list(range(1, 13))
+    assert [x for x in order if isinstance(x, str)] == ["mark start", "mark end"]
+    assert reached_at["start"] == pytest.approx(1.040, abs=0.0011)  # frames 1, 2 from 1.0 s
+    assert reached_at["end"] == pytest.approx(1.240, abs=0.0011)  # and 3..12
+
+
+def test_a_mark_reached_before_a_pause_is_not_held() -> None:
+    playout = Playout(FRAME, lead_s=LEAD)
+    playout.push(OutAudio(numbered(1)), 0.0)
+    playout.push(OutMark("first-done"), 0.0)
+    playout.push(OutAudio(numbered(10)), 0.0)
+    assert not any(isinstance(a, MarkReached) for a in playout.due(0.0))  # due at 20 ms
+    playout.push(OutPause(), 0.025)  # after the mark's slot, before anyone looked
+    assert playout.due(0.025) == [SendStop(), MarkReached("first-done")]
+
+
+def test_a_stop_while_paused_drops_everything() -> None:
+    playout = Playout(FRAME, lead_s=LEAD)
+    playout.push(OutAudio(numbered(20)), 0.0)
+    playout.due(0.0)
+    playout.push(OutPause(), 0.01)
+    playout.push(OutMark("never"), 0.01)
+    assert playout.due(0.01) == [SendStop()]
+    playout.push(OutStop(), 0.5)
+    assert playout.due(0.5) == [SendStop()]
+    assert playout.idle
+    assert not playout.paused
+    playout.push(OutAudio(numbered(1)), 0.6)  # the next reply plays at once
+    assert frames(playout.due(0.6)) == [SendFrame(numbered(1), 0.6)]
+
+
+def test_a_pause_with_nothing_playing_sends_no_stop_and_holds_what_comes() -> None:
+    playout = Playout(FRAME, lead_s=LEAD)
+    playout.push(OutPause(), 0.0)
+    playout.push(OutAudio(numbered(2)), 0.1)
+    assert playout.due(0.2) == []
+    playout.push(OutPause(), 0.2)  # twice: no effect
+    playout.push(OutResume(), 0.3)
+    assert [f.pcm[0] for f in frames(playout.due(0.3))] == [0, 1]

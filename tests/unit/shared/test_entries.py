@@ -14,7 +14,10 @@ from callstream.shared.entries import (
     InEnd,
     InFrame,
     OutAudio,
+    OutEntry,
     OutMark,
+    OutPause,
+    OutResume,
     OutStop,
     decode_call,
     decode_in,
@@ -65,9 +68,11 @@ def test_end_round_trips() -> None:
         st.builds(OutAudio, st.binary(max_size=5000)),
         st.just(OutStop()),
         st.builds(OutMark, st.text(max_size=30)),
+        st.just(OutPause()),
+        st.just(OutResume()),
     )
 )
-def test_out_entries_round_trip(entry: OutAudio | OutStop | OutMark) -> None:
+def test_out_entries_round_trip(entry: OutEntry) -> None:
     assert decode_out(as_redis(encode_out(entry))) == entry
 
 
@@ -115,8 +120,8 @@ def test_bad_call_entries_raise_entry_error() -> None:
         )
     with pytest.raises(EntryError, match="type should be started or ended"):
         decode_call({b"type": b"paused"})
-    with pytest.raises(EntryError, match="kind should be audio, stop or mark"):
-        decode_out({b"kind": b"pause"})
+    with pytest.raises(EntryError, match="kind should be audio, stop, mark, pause or resume"):
+        decode_out({b"kind": b"hold"})
 
 
 @given(st.integers(0, 2**48), st.integers(0, 2**64 - 1))
