@@ -721,14 +721,18 @@ _SPECS: tuple[EventSpec, ...] = (
     ),
     EventSpec(
         type=AGENT_TURN,
-        description="The voice agent said something: its greeting or a reply to the caller",
+        description="The voice agent said something (its greeting or a reply to the caller): "
+        "published when its audio has played, or the caller barged in, or hung up",
         publisher="agent worker",
         id_format="{call_id}:agent.turn:{turn}",
         id_pattern=r":agent\.turn:[1-9][0-9]*$",
         data=_closed(
             {
                 "turn": {"type": "integer", "minimum": 1, "description": "1 for the greeting"},
-                "text": {"type": "string", "description": "what the agent said"},
+                "text": {
+                    "type": "string",
+                    "description": "what the agent said (the sentences queued before a barge-in)",
+                },
                 "intent": {
                     "type": ["string", "null"],
                     "description": "the caller's intent it answered (the dialog flow's name)",
@@ -742,19 +746,43 @@ _SPECS: tuple[EventSpec, ...] = (
                     "description": "the final transcript or DTMF event it answered; null for "
                     "the greeting",
                 },
+                "ended": {
+                    "enum": ["played", "barged_in", "hung_up"],
+                    "description": "played to its end; stopped by the caller talking over it; "
+                    "cut off by the call's end",
+                },
+                "interrupted": {"type": "boolean", "description": "ended is barged_in"},
+                "holds": {
+                    "type": "integer",
+                    "minimum": 0,
+                    "description": "times a sound from the caller held it a moment (a "
+                    "backchannel, a cough: it played on; or the barge-in that stopped it)",
+                },
+                "offset": _ticks("when its audio began to play"),
+                "duration": _ticks("how long it played (to the barge-in or hang-up if cut)"),
                 "audio_ms": {
                     "type": "integer",
                     "minimum": 0,
                     "description": "length of the reply's audio",
                 },
+                "heard_at_ms": {
+                    "type": ["integer", "null"],
+                    "description": "epoch ms the agent took up the event it answered (null for "
+                    "the greeting)",
+                },
+                "first_audio_at_ms": {
+                    "type": ["integer", "null"],
+                    "description": "epoch ms its first audio was queued into the call (null if "
+                    "none was)",
+                },
                 "first_audio_ms": {
-                    "type": "number",
+                    "type": ["number", "null"],
                     "minimum": 0,
                     "description": "from the decision to the first sentence's audio queued "
                     "(its synthesis)",
                 },
                 "synthesis_ms": {
-                    "type": "number",
+                    "type": ["number", "null"],
                     "minimum": 0,
                     "description": "synthesizing the whole reply",
                 },
@@ -764,14 +792,21 @@ _SPECS: tuple[EventSpec, ...] = (
         example=_example(
             "agent.turn:2",
             AGENT_TURN,
-            "2025-03-14T09:26:52.118Z",
+            "2025-03-14T09:26:55.304Z",
             {
                 "turn": 2,
                 "text": "Sure. What is your account number?",
                 "intent": "billing",
                 "action": None,
                 "reply_to": f"{_CALL}:transcript:1:5960",
+                "ended": "played",
+                "interrupted": False,
+                "holds": 0,
+                "offset": 80_120_000,
+                "duration": 21_400_000,
                 "audio_ms": 2140,
+                "heard_at_ms": 1741944412022,
+                "first_audio_at_ms": 1741944412118,
                 "first_audio_ms": 96.4,
                 "synthesis_ms": 171.0,
             },

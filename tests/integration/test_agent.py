@@ -7,15 +7,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import subprocess
 import sys
+from collections import Counter
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
 
+from callstream.shared.audio import Mode, chunk, is_silent
 from callstream.shared.settings import Settings
 from callstream.simulate import simulate
 from callstream.speech import piper_available, say
+from callstream.workers.agent.tts import make_synthesizer, sentences
 from tests.helpers import events, gateway_process, wait_for_entry, wait_for_event, worker_process
 from tests.integration.test_agent_llm import StandIn, sse
 from tests.integration.test_transcribe import finals, offline
@@ -138,37 +143,137 @@ async def test_a_keypad_entry_fills_the_slot_and_a_replica_killed_mid_dialog_is_
     assert turns[2].data["reply_to"] == tones[-1].id  # the '#' that ended the entry
 
 
+def frame_aligned(audio: bytes) -> bytes:
+    return audio + bytes((-len(audio)) % (RATE // 50 * 2))
+
+
 @pytest.mark.timeout(180)
+@pytest.mark.parametrize("mode", ["unmixed", "mixed"])
 async def test_a_caller_talking_over_the_agent_stops_it(
-    settings: Settings, redis: aioredis.Redis
+    settings: Settings, redis: aioredis.Redis, mode: Mode
 ) -> None:
-    """Unmixed call: the caller starts talking while the greeting plays: the agent sends
-    StopAudio and the rest of the greeting is not played."""
+    """The caller starts talking while the greeting plays: the agent holds its audio at once,
+    stops it (StopAudio; the rest of the greeting is not played), and answers the caller."""
     assert piper_available(), "Piper is needed (./dev installs the speech extra)"
-    key = settings.keys.call_events("agent-3")
-    interruption = await asyncio.to_thread(say, QUESTION, RATE)
+    call_id = f"agent-3-{mode}"
+    key = settings.keys.call_events(call_id)
+    interruption = await asyncio.to_thread(say, CANCEL + ", and then tell me about refunds", RATE)
     async with (
         gateway_process(settings) as url,
         worker_process(settings, "transcribe"),
         worker_process(settings, "agent"),
     ):
         # The caller starts talking 1.5 s into the call, while the greeting (~3 s) plays.
-        audio = bytes(3 * RATE) + interruption + bytes(6 * RATE * 2)
-        audio += bytes((-len(audio)) % (RATE // 50 * 2))
+        audio = frame_aligned(bytes(3 * RATE) + interruption + bytes(8 * RATE * 2))
         [result] = await simulate(
-            url, [audio], rate_hz=RATE, mode="unmixed", call_ids=["agent-3"], linger_s=4
+            url, [audio], rate_hz=RATE, mode=mode, call_ids=[call_id], linger_s=4
+        )
+        await wait_for_event(redis, key, "agent.done", 60)
+    assert result.error is None
+    assert result.stops_received >= 1
+    published = await events(redis, key)
+    greeting, answer = [e for e in published if e.type == "agent.turn"][:2]
+    assert greeting.data["ended"] == "barged_in"
+    assert greeting.data["interrupted"] is True
+    assert greeting.data["holds"] == 1
+    # It played from its start until the barge-in, shorter than its audio ...
+    played_ms = greeting.data["duration"] // 10_000
+    assert 0 < played_ms < greeting.data["audio_ms"]
+    # ... which came after the caller began to speak (1.5 s in).
+    assert greeting.data["offset"] // 10_000 + played_ms > 1500
+    # The caller was answered, and heard less than the greeting and the answer in full.
+    question = next(f for f in finals(published) if "cancel" in f.data["text"])
+    assert answer.data["reply_to"] == question.id
+    assert answer.data["intent"] == "cancel"
+    assert answer.data["ended"] == "played"
+    assert result.frames_received * 20 < greeting.data["audio_ms"] + answer.data["audio_ms"]
+
+
+LONG_GREETING = (
+    "Hello, thanks for calling the city energy company. Please note that this call may be "
+    "recorded for training and quality purposes. Our offices are open from eight in the "
+    "morning until six in the evening, Monday to Friday. How can I help you today?"
+)
+QUIET_FLOW = f"""
+greeting: "{LONG_GREETING}"
+nlp_intents: false
+intents:
+  goodbye: {{examples: ["goodbye"], keywords: ["goodbye"]}}
+replies:
+  goodbye: {{say: "Goodbye.", action: end}}
+fallback:
+  say: ["Sorry, I didn't catch that."]
+  max: 3
+  then: {{say: "Let me transfer you.", action: transfer}}
+"""
+
+
+def sox(*effects: str) -> bytes:
+    """A sound made by sox (PCM16 mono at RATE)."""
+    out = subprocess.run(
+        ["sox", "-n", "-r", str(RATE), "-b", "16", "-c", "1", "-t", "raw", "-", *effects],
+        check=True,
+        capture_output=True,
+    ).stdout
+    return frame_aligned(out)
+
+
+def at(track: bytearray, seconds: float, sound: bytes) -> None:
+    start = int(seconds * RATE) * 2
+    track[start : start + len(sound)] = sound
+
+
+@pytest.mark.timeout(180)
+async def test_backchannels_coughs_and_noise_do_not_interrupt_the_agent(
+    settings: Settings, redis: aioredis.Redis, tmp_path: Path
+) -> None:
+    """While a long greeting plays, the caller says "mhm", "okay", "right", coughs and makes a
+    noise burst: none of them is a barge-in (the false barge-ins are counted: none), the
+    greeting plays to its end, and no backchannel is answered."""
+    assert piper_available(), "Piper is needed (./dev installs the speech extra)"
+    flow = tmp_path / "flow.yaml"
+    flow.write_text(QUIET_FLOW)
+    track = bytearray(20 * RATE * 2)
+    sounds = {
+        "mhm": (2.0, await asyncio.to_thread(say, "Mhm.", RATE)),
+        "cough": (3.5, sox("synth", "0.4", "brownnoise", "fade", "q", "0.01", "0.4", "0.3")),
+        "okay": (5.0, await asyncio.to_thread(say, "Okay.", RATE)),
+        "noise burst": (6.5, sox("synth", "0.3", "whitenoise", "vol", "0.5")),
+        "right": (8.0, await asyncio.to_thread(say, "Right.", RATE)),
+        "yeah": (9.5, await asyncio.to_thread(say, "Yeah.", RATE)),
+    }
+    for when, sound in sounds.values():
+        at(track, when, sound)
+    key = settings.keys.call_events("agent-5")
+    async with (
+        gateway_process(settings) as url,
+        worker_process(settings, "transcribe"),
+        # espeak-ng's voice is the same every time (Piper's is not): the test can make the
+        # greeting's audio itself, to the frame.
+        worker_process(settings, "agent", "--dialog", str(flow), "--tts", "espeak"),
+    ):
+        [result] = await simulate(
+            url, [bytes(track)], rate_hz=RATE, mode="unmixed", call_ids=["agent-5"], linger_s=2
         )
         await wait_for_event(redis, key, "agent.done", 60)
     assert result.error is None
     published = await events(redis, key)
-    assert result.stops_received >= 1
-    greeting = next(e for e in published if e.type == "agent.turn")
-    started = next(e for e in published if e.type == "speech.started")
-    # The caller spoke before the greeting could have finished ...
-    assert started.data["offset"] // 10_000 < greeting.data["audio_ms"]
-    # ... and the greeting was cut: what the caller heard before the answer is shorter.
-    answer = [e for e in published if e.type == "agent.turn"][1]
-    assert result.frames_received * 20 < greeting.data["audio_ms"] + answer.data["audio_ms"]
+    turns = [e for e in published if e.type == "agent.turn"]
+    false_barge_ins = sum(1 for t in turns if t.data["interrupted"])
+    assert false_barge_ins == 0, [t.data for t in turns]
+    [greeting] = turns  # no backchannel was taken for a question (no "Sorry, I didn't ...")
+    assert greeting.data["ended"] == "played"
+    assert greeting.data["audio_ms"] > 11_000  # long enough to be talked over six times
+    assert greeting.data["holds"] >= 3  # the voiced ones held it a moment; it played on
+    # Nothing of it was lost to the holds: the recording holds the whole greeting (a frame
+    # playing at a hold may be played again after it, or, at its edge, be lost).
+    voice = make_synthesizer("espeak", os.environ)
+    said = frame_aligned(b"".join(voice.synthesize(s, RATE) for s in sentences(LONG_GREETING)))
+    size = RATE // 50 * 2
+    expected = Counter(f for f in chunk(said, size) if not is_silent(f))
+    played = Counter(f for f in chunk(result.recording, size) if not is_silent(f))
+    assert not played - expected  # all it played is the greeting
+    assert sum((expected - played).values()) <= greeting.data["holds"]
 
 
 @pytest.mark.timeout(180)

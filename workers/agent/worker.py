@@ -30,69 +30,105 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from callstream.shared.catalogue import SPEECH_STARTED, TRANSCRIPT
+from callstream.shared.catalogue import PLAYBACK_MARK, TRANSCRIPT
+from callstream.shared.errors import ConfigError
 from callstream.shared.events import CALL_STARTED, DTMF, Event
+from callstream.workers.agent.bargein import BargeIn, BargeInConfig, Decision
 from callstream.workers.agent.dialog import Dialog, Reply, load_flow
 from callstream.workers.agent.llm import ChatLlm, LlmConfig, LlmError
 from callstream.workers.agent.tts import Synthesizer, make_synthesizer, sentences
-from callstream.workers.api import CallContext, CallHandler, HandlerFactory, Inputs, Item, Kind
+from callstream.workers.api import (
+    CallContext,
+    CallHandler,
+    HandlerFactory,
+    InEnd,
+    InFrame,
+    Inputs,
+    Item,
+    Kind,
+)
 
 log = logging.getLogger(__name__)
 
 NAME = "agent"
 TURN = "agent.turn"
 INPUTS = Inputs(
-    audio=False,
-    events=frozenset({CALL_STARTED, TRANSCRIPT, DTMF, SPEECH_STARTED}),
+    audio=True,
+    events=frozenset({CALL_STARTED, TRANSCRIPT, DTMF, PLAYBACK_MARK}),
     until=frozenset({"transcribe.done"}),
 )
 MAX_HISTORY = 40  # utterances and replies kept as the LLM's context
+MAX_HEARD_OVER = 20  # played turns kept to tell a backchannel's transcript from an utterance
 LLM_APOLOGY = "Sorry, I'm having trouble answering right now. Could you say that again?"
 TICKS_PER_MS = 10_000  # transcript offsets are in 100-ns ticks from the call's start
 BYTES_PER_SAMPLE = 2
+MARK_PREFIX = "agent:"
+PLAYED, BARGED_IN, HUNG_UP = "played", "barged_in", "hung_up"
+
+
+def _epoch_ms() -> int:
+    return int(time.time() * 1000)
 
 
 class AgentHandler:
     """One call's conversation."""
 
     def __init__(
-        self, ctx: CallContext, dialog: Dialog, voice: Synthesizer, llm: ChatLlm | None = None
+        self,
+        ctx: CallContext,
+        dialog: Dialog,
+        voice: Synthesizer,
+        llm: ChatLlm | None = None,
+        barge_in: BargeInConfig | None = None,
     ) -> None:
         self._ctx = ctx
         self._dialog = dialog
         self._voice = voice
         self._llm = llm
+        self._barge_in = barge_in  # None: the caller cannot interrupt
+        self._detectors: dict[int, BargeIn] = {}  # per caller stream (channel)
         state = ctx.state
         self._dialog_state: dict[str, Any] = state.setdefault("dialog", {})
         state.setdefault("turns", 0)
         state.setdefault("greeted", False)
+        # Turns whose audio is queued or playing, by number: published when they end.
+        state.setdefault("open", {})
         # The agent's playback on the call's clock (ms from the call's start): [start, end].
         state.setdefault("playing", [0, 0])
+        state.setdefault("heard_over", [])  # [start, end] of turns played to their end
+        state.setdefault("held_at", None)  # call ms the audio was held (a possible barge-in)
+        state.setdefault("barge_ins", {"held": 0, "resumed": 0, "stopped": 0})
 
     async def handle(self, batch: Sequence[Item]) -> None:
         for _, value in batch:
-            if not isinstance(value, Event):
+            if isinstance(value, InFrame):
+                self._listen(value)
+            elif isinstance(value, InEnd):
+                self._close_turns(HUNG_UP, self._now_ms())
+            elif not isinstance(value, Event):
                 continue
-            if value.type == CALL_STARTED and not self._ctx.state["greeted"]:
+            elif value.type == PLAYBACK_MARK:
+                self._on_mark(value)
+            elif value.type == CALL_STARTED and not self._ctx.state["greeted"]:
                 self._ctx.state["greeted"] = True
                 await self._say(self._dialog.greet(self._dialog_state), None)
-            elif value.type == SPEECH_STARTED:
-                self._barge_in(value)
             elif value.type == TRANSCRIPT and value.data.get("resultStatus") == "Final":
-                if self._own_voice(value):
+                if self._own_voice(value) or self._talked_over(value):
                     continue
                 text = value.data.get("text")
                 if isinstance(text, str) and text:
+                    heard_at_ms = _epoch_ms()
                     if self._llm is not None:
-                        await self._speak(self._ask(text), Reply(""), value)
+                        await self._speak(self._ask(text), Reply(""), value, heard_at_ms)
                         continue
                     reply = self._dialog.on_utterance(self._dialog_state, text)
                     if reply is not None:
-                        await self._say(reply, value)
+                        await self._say(reply, value, heard_at_ms)
             elif value.type == DTMF:
+                heard_at_ms = _epoch_ms()
                 reply = self._dialog.on_dtmf(self._dialog_state, str(value.data.get("tone", "")))
                 if reply is not None:
-                    await self._say(reply, value)
+                    await self._say(reply, value, heard_at_ms)
 
     async def aclose(self) -> None:
         pass
@@ -113,66 +149,168 @@ class AgentHandler:
 
     def _now_ms(self) -> int:
         """The call's clock: ms since its start."""
-        return max(0, int(time.time() * 1000) - self._ctx.call.time_ms)
+        return max(0, _epoch_ms() - self._ctx.call.time_ms)
 
-    async def _say(self, reply: Reply, heard: Event | None) -> None:
-        """Synthesize ``reply`` sentence by sentence into the call, and publish its turn."""
-        await self._speak(_listed(sentences(reply.text)), reply, heard)
+    async def _say(self, reply: Reply, heard: Event | None, heard_at_ms: int | None = None) -> None:
+        """Synthesize ``reply`` sentence by sentence into the call."""
+        await self._speak(_listed(sentences(reply.text)), reply, heard, heard_at_ms)
 
-    async def _speak(self, source: AsyncIterator[str], reply: Reply, heard: Event | None) -> None:
+    async def _speak(
+        self,
+        source: AsyncIterator[str],
+        reply: Reply,
+        heard: Event | None,
+        heard_at_ms: int | None = None,
+    ) -> None:
         """Each sentence of ``source`` synthesized and played as it comes (an LLM's first
-        sentence is heard while the rest is generated); then the turn's event."""
+        sentence is heard while the rest is generated), between two playback marks: the turn's
+        event is published when the second is reached (or the caller barges in)."""
+        state = self._ctx.state
         rate = self._ctx.call.rate_hz
         began = time.monotonic()
-        audio_ms = 0
-        first_audio_ms: float | None = None
+        state["turns"] += 1
+        turn = state["turns"]
+        record: dict[str, Any] = {
+            "turn": turn,
+            "text": "",
+            "intent": reply.intent,
+            "action": reply.action,
+            "reply_to": heard.id if heard is not None else None,
+            "audio_ms": 0,
+            "heard_at_ms": heard_at_ms,
+            "first_audio_at_ms": None,
+            "first_audio_ms": None,
+            "synthesis_ms": None,
+            "holds": 0,
+            "start_ms": None,
+        }
+        state["open"][str(turn)] = record
         said: list[str] = []
+        audio_ms = 0
         async for sentence in source:
-            said.append(sentence)
             pcm = await asyncio.to_thread(self._voice.synthesize, sentence, rate)
-            if first_audio_ms is None:
-                first_audio_ms = (time.monotonic() - began) * 1000
+            if str(turn) not in state["open"]:
+                break  # the caller barged in while this was being made: say no more
+            said.append(sentence)
+            if record["first_audio_at_ms"] is None:
+                record["first_audio_ms"] = round((time.monotonic() - began) * 1000, 1)
+                record["first_audio_at_ms"] = _epoch_ms()
+                self._ctx.audio.mark(f"{MARK_PREFIX}{turn}:start")
+                begins = max(self._now_ms(), state["playing"][1])  # after what still plays
+                state["playing"] = [begins, begins]
             self._ctx.audio.play(pcm)
             audio_ms += len(pcm) * 1000 // (BYTES_PER_SAMPLE * rate)
-        text = " ".join(said)
-        history = self._ctx.state.setdefault("history", [])
+            state["playing"][1] = state["playing"][0] + audio_ms
+        record["text"] = " ".join(said)
+        record["audio_ms"] = audio_ms
+        record["synthesis_ms"] = round((time.monotonic() - began) * 1000, 1)
+        history = state.setdefault("history", [])
         if heard is not None and heard.type == TRANSCRIPT:
             history.append(["user", str(heard.data.get("text", ""))])
-        history.append(["assistant", text])
+        history.append(["assistant", record["text"]])
         del history[:-MAX_HISTORY]
-        start, end = self._ctx.state["playing"]
-        now = self._now_ms()
-        start = max(now, end)  # after what is still playing
-        self._ctx.state["playing"] = [start, start + audio_ms]
-        self._ctx.state["turns"] += 1
-        turn = self._ctx.state["turns"]
-        self._ctx.events.publish(
-            TURN,
-            {
-                "turn": turn,
-                "text": text,
-                "intent": reply.intent,
-                "action": reply.action,
-                "reply_to": heard.id if heard is not None else None,
-                "audio_ms": audio_ms,
-                "first_audio_ms": round(first_audio_ms or 0.0, 1),
-                "synthesis_ms": round((time.monotonic() - began) * 1000, 1),
-            },
-            key=str(turn),
-        )
+        if str(turn) in state["open"]:
+            if audio_ms:
+                self._ctx.audio.mark(f"{MARK_PREFIX}{turn}:end")
+            else:  # nothing to say (an LLM that said nothing): a turn of no audio
+                self._publish(state["open"].pop(str(turn)), PLAYED, self._now_ms())
 
-    def _playing_at(self, ms: int) -> bool:
-        start, end = self._ctx.state["playing"]
-        return bool(start <= ms < end)
-
-    def _barge_in(self, event: Event) -> None:
-        """The caller started talking while the agent plays: stop it (unmixed calls)."""
-        if self._ctx.call.mode != "unmixed":
+    def _on_mark(self, event: Event) -> None:
+        """Playback reached a turn's start or its end."""
+        name = str(event.data.get("name", ""))
+        if not name.startswith(MARK_PREFIX):
             return
-        if self._playing_at(self._now_ms()):
+        number, _, where = name[len(MARK_PREFIX) :].partition(":")
+        record = self._ctx.state["open"].get(number)
+        if record is None:
+            return
+        at_ms = max(0, event.time_ms - self._ctx.call.time_ms)
+        if where == "start":
+            record["start_ms"] = at_ms
+            self._ctx.state["playing"] = [at_ms, at_ms + int(record["audio_ms"] or 0)]
+        elif where == "end":
+            self._ctx.state["playing"][1] = at_ms
+            start = record["start_ms"] if record["start_ms"] is not None else at_ms
+            heard_over = self._ctx.state["heard_over"]
+            heard_over.append([start, at_ms])
+            del heard_over[:-MAX_HEARD_OVER]
+            self._publish(self._ctx.state["open"].pop(number), PLAYED, at_ms)
+
+    def _close_turns(self, how: str, at_ms: int) -> None:
+        """Every open turn ends now: the caller barged in, or hung up."""
+        opened = self._ctx.state["open"]
+        for number in sorted(opened, key=int):
+            self._publish(opened.pop(number), how, at_ms)
+
+    def _publish(self, record: dict[str, Any], how: str, end_ms: int) -> None:
+        start_ms = record.pop("start_ms")
+        if start_ms is None:  # never began to play
+            start_ms = end_ms
+        data = {
+            **record,
+            "ended": how,
+            "interrupted": how == BARGED_IN,
+            "offset": start_ms * TICKS_PER_MS,
+            "duration": max(0, end_ms - start_ms) * TICKS_PER_MS,
+        }
+        self._ctx.events.publish(TURN, data, key=str(record["turn"]))
+
+    # ---------------------------------------------------------------- listening
+
+    def _listen(self, frame: InFrame) -> None:
+        """A caller frame: while the agent's audio plays, is the caller barging in?"""
+        config = self._barge_in
+        if config is None:
+            return
+        state = self._ctx.state
+        if not any(r["first_audio_at_ms"] is not None for r in state["open"].values()):
+            if self._detectors:
+                self._detectors.clear()
+            return
+        detector = self._detectors.get(frame.channel)
+        if detector is None:
+            detector = self._detectors[frame.channel] = BargeIn(self._ctx.call.rate_hz, config)
+        decision = detector.push(frame.pcm, silent=frame.silent)
+        if decision is None:
+            return
+        counts = state["barge_ins"]
+        now_ms = max(0, frame.ts_ms - self._ctx.call.time_ms)
+        if decision is Decision.HOLD:
+            if state["held_at"] is None:
+                self._ctx.audio.pause()
+                state["held_at"] = now_ms
+                counts["held"] += 1
+                for record in state["open"].values():
+                    record["holds"] += 1
+        elif decision is Decision.RESUME:
+            if state["held_at"] is not None and not any(d.held for d in self._detectors.values()):
+                self._ctx.audio.resume()
+                held_ms = max(0, now_ms - state["held_at"])
+                state["playing"][1] += held_ms  # the rest plays that much later
+                state["held_at"] = None
+                counts["resumed"] += 1
+        else:  # Decision.STOP
             self._ctx.audio.stop()
-            start, _ = self._ctx.state["playing"]
-            self._ctx.state["playing"] = [start, self._now_ms()]
+            state["held_at"] = None
+            state["playing"][1] = now_ms
+            counts["stopped"] += 1
+            self._close_turns(BARGED_IN, now_ms)
+            self._detectors.clear()
+            log.info("call %s: the caller barged in", self._ctx.call.call_id)
+
+    def _talked_over(self, event: Event) -> bool:
+        """A final that began while a turn played on to its end (or still plays): a
+        backchannel, a cough the recogniser made words of; the caller did not barge in."""
+        offset = event.data.get("offset")
+        if not isinstance(offset, int):
+            return False
+        onset = offset // TICKS_PER_MS
+        state = self._ctx.state
+        if any(start <= onset < end for start, end in state["heard_over"]):
+            return True
+        return any(
+            r["start_ms"] is not None and r["start_ms"] <= onset for r in state["open"].values()
+        )
 
     def _own_voice(self, event: Event) -> bool:
         """On a mixed call, a final whose speech lies mostly within the agent's playback."""
@@ -188,9 +326,14 @@ class AgentHandler:
         return overlap * 2 > length
 
 
-def agent_factory(dialog: Dialog, voice: Synthesizer, llm: ChatLlm | None = None) -> HandlerFactory:
+def agent_factory(
+    dialog: Dialog,
+    voice: Synthesizer,
+    llm: ChatLlm | None = None,
+    barge_in: BargeInConfig | None = BargeInConfig(),  # noqa: B008 (frozen)
+) -> HandlerFactory:
     def factory(ctx: CallContext) -> CallHandler:
-        return AgentHandler(ctx, dialog, voice, llm)
+        return AgentHandler(ctx, dialog, voice, llm, barge_in)
 
     return factory
 
@@ -208,7 +351,17 @@ def configure(options: argparse.Namespace) -> HandlerFactory:
     if options.tts != "azure":  # load the voice now, not in the first call's greeting (offline)
         voice.synthesize("Hello.", 16000)
     llm = ChatLlm(LlmConfig.from_env(options.llm, os.environ)) if options.llm else None
-    return agent_factory(Dialog(flow), voice, llm)
+    barge_in = None
+    if not options.no_barge_in:
+        try:
+            barge_in = BargeInConfig(
+                hold_ms=options.barge_in_hold_ms,
+                min_speech_ms=options.barge_in_min_ms,
+                gap_ms=options.barge_in_gap_ms,
+            )
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+    return agent_factory(Dialog(flow), voice, llm, barge_in)
 
 
 def _add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -231,6 +384,35 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=("piper", "espeak", "azure"),
         default="piper",
         help="the voice: piper (offline, default), espeak (espeak-ng), azure (Azure Speech)",
+    )
+    defaults = BargeInConfig()
+    parser.add_argument(
+        "--barge-in-min-ms",
+        type=int,
+        default=defaults.min_speech_ms,
+        metavar="MS",
+        help="voice the caller must speak over the agent to stop it; shorter (a backchannel, "
+        f"a cough) only holds it a moment (default {defaults.min_speech_ms})",
+    )
+    parser.add_argument(
+        "--barge-in-hold-ms",
+        type=int,
+        default=defaults.hold_ms,
+        metavar="MS",
+        help=f"voice that holds the agent's audio at once (default {defaults.hold_ms})",
+    )
+    parser.add_argument(
+        "--barge-in-gap-ms",
+        type=int,
+        default=defaults.gap_ms,
+        metavar="MS",
+        help="silence that ends a burst short of a barge-in: the agent plays on "
+        f"(default {defaults.gap_ms})",
+    )
+    parser.add_argument(
+        "--no-barge-in",
+        action="store_true",
+        help="the caller cannot interrupt the agent",
     )
 
 
