@@ -1,13 +1,24 @@
-"""``callstream demo``: one call through the whole pipeline on an embedded default.
+"""``callstream demo``: a caller talks with the voice agent on one emulated ACS call.
 
-Uses the Redis at ``REDIS_URL`` or starts a private ``redis-server``; runs a gateway, an echo
-worker, a transcription worker and an NLP worker in this process (the same classes
-``callstream gateway`` and ``callstream worker echo|transcribe|nlp`` run); places an emulated
-ACS call in which a caller and an agent, spoken by Piper (or flite), take turns; prints the
-transcripts and the insights on each as they arrive, and the call's summary at its end; checks
-that the audio played back into the call is exactly the speech that was sent and that every
-utterance was transcribed; writes the input, the recording and a report. Without a
-synthesiser the talkers are synthetic and nothing is transcribed.
+Uses the Redis at ``REDIS_URL`` or starts a private ``redis-server``; runs a gateway (with its
+egress), a transcription worker, an NLP worker and the voice agent in this process (the same
+classes ``callstream gateway`` and ``callstream worker transcribe|nlp|agent`` run), and places
+one emulated call. The caller, spoken by flite, goes through the agent's sample dialog flow
+(``workers/agent/default_flow.yaml``): a question about a phone bill; the agent asks for the
+account number, which the caller keys in (DTMF); the agent reads it back, the caller says yes,
+the agent answers, the caller says goodbye. The agent answers with Piper (espeak-ng when Piper
+is not installed).
+
+The emulator is not interactive: the caller's audio is made before the call. So the dialog is
+first played offline on the caller's script, the agent's expected replies are synthesised to
+know how long each lasts, and each caller line is placed after the reply to the one before, with
+a margin for end-of-speech detection and synthesis.
+
+While the call runs it prints what the caller says, what was heard (final transcripts), the
+insights on it and the agent's turns; at its end the call's summary. It writes
+``conversation.wav`` (stereo: the caller's track on the left, what was played into the call —
+the agent — on the right) and ``report.json``. It exits 0 when the call closed normally, the
+agent greeted and answered, and every line the caller said was transcribed.
 """
 
 from __future__ import annotations
@@ -16,29 +27,39 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import hashlib
 import json
+import shutil
 import uuid
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
 import redis.asyncio as aioredis
 
-from callstream.emulator.wav import write_wav
+from callstream.emulator.wav import write_stereo_wav
 from callstream.ingress.server import Gateway
 from callstream.localredis import ensure_redis
-from callstream.shared.audio import Mode, chunk, frame_bytes_for, is_silent, mix
+from callstream.shared.audio import FRAME_MS, Mode, chunk, frame_bytes_for, is_silent
 from callstream.shared.entries import StreamEntries, XReadReply
+from callstream.shared.errors import CallstreamError
 from callstream.shared.events import DTMF, Event
 from callstream.shared.settings import Settings
-from callstream.simulate import CallResult, participant_ids, simulate
-from callstream.speech import flite_available, piper_available, say
-from callstream.workers.api import Kind
-from callstream.workers.echo import echo_factory
+from callstream.simulate import DTMF_SPACING_S, CallResult, participant_ids, simulate
+from callstream.speech import flite_available, piper_available, piper_speak, speak
+from callstream.workers.api import HandlerFactory, Kind
 from callstream.workers.runtime import WorkerRuntime
 from callstream.workers.stt.transcript import TICKS_PER_MS, TRANSCRIPT
 
 DONE_TIMEOUT_S = 30.0  # how long the workers may take to finish the call after it hangs up
+# Between the end of a caller's line and the end of the agent's reply to it, beyond the reply's
+# own length: end-of-speech detection, recognition and synthesis (~1 s), then a short pause.
+REPLY_MARGIN_S = 2.0
+CALLER_VOICE = "slt"  # flite's voice for the caller (PocketSphinx hears the lines below well)
+AGENT_TURN = "agent.turn"
+INSIGHTS = frozenset({"nlp.sentiment", "nlp.key_phrases", "nlp.intent", "nlp.pii"})
+BYTES_PER_SAMPLE = 2
 
 
 def synth_talker(
@@ -73,38 +94,102 @@ def speech_frames(pcm: bytes, rate_hz: int) -> list[bytes]:
     return [f for f in chunk(pcm, frame_bytes_for(rate_hz)) if not is_silent(f)]
 
 
-# The demo's conversation: a caller and an agent take turns.
-CONVERSATION = (  # (name, text, flite voice when Piper is not installed)
-    (
-        "caller",
-        "hello i have a problem with my bill this is the worst service i have ever had",
-        "slt",
-    ),
-    ("agent", "i am sorry to hear that let me help you with your bill", "rms"),
-    (
-        "caller",
-        "my card number is four one one one one one one one one one one one one one one one",
-        "slt",
-    ),
-    ("agent", "all right let me look at your account", "rms"),
-    ("caller", "i want to cancel my subscription", "slt"),
+# ------------------------------------------------------------------------ the conversation
+
+
+@dataclasses.dataclass(frozen=True)
+class Line:
+    """One turn of the caller: words said, or keys pressed (DTMF, e.g. ``"41123456#"``)."""
+
+    say: str = ""
+    keys: str = ""
+
+
+# The caller's side, through the sample flow: each line answers the agent's previous turn.
+CALLER_SCRIPT: tuple[Line, ...] = (
+    Line(say="hello i have a question about my phone bill"),  # billing: asks for the account
+    Line(keys="41123456#"),  # read back: "I heard 4 1 1 2 3 4 5 6. Is that right?"
+    Line(say="yes that is right"),  # the answer about the bill, "anything else?"
+    Line(say="no that is all thank you goodbye"),  # "Thank you for calling. Goodbye!"
 )
-SPEAKERS = ("caller", "agent")
-INSIGHTS = frozenset({"nlp.sentiment", "nlp.key_phrases", "nlp.intent", "nlp.pii"})
 
 
-def spoken_talkers(rate_hz: int) -> list[bytes]:
-    """The conversation read aloud: one track per participant, silent while the other speaks
-    (0.5 s lead, 0.8 s between turns, 1 s tail)."""
-    clips = [(name, say(text, rate_hz, voice=voice)) for name, text, voice in CONVERSATION]
-    lead, gap, tail = (int(rate_hz * s) * 2 for s in (0.5, 0.8, 1.0))
-    total = lead + sum(len(c) for _, c in clips) + gap * (len(clips) - 1) + tail
-    tracks = {name: bytearray(total) for name in SPEAKERS}
-    at = lead
-    for name, clip in clips:
-        tracks[name][at : at + len(clip)] = clip
-        at += len(clip) + gap
-    return [bytes(tracks[name]) for name in SPEAKERS]
+@dataclasses.dataclass(frozen=True)
+class Cue:
+    """A caller's line placed on the call's clock: from ``at_s`` for ``seconds``."""
+
+    line: Line
+    at_s: float
+    seconds: float
+
+
+@dataclasses.dataclass(frozen=True)
+class Conversation:
+    """The caller's side made ready for the emulator, and what the agent should answer."""
+
+    caller: bytes  # the caller's track, PCM16 at the call's rate, silent while the agent talks
+    cues: tuple[Cue, ...]
+    expected: tuple[str, ...]  # the agent's turns as the dialog plays offline, greeting first
+
+    @property
+    def dtmf(self) -> list[tuple[str, float]]:
+        """The keyed lines as the emulator's ``dtmf`` argument: (keys, start s)."""
+        return [(cue.line.keys, cue.at_s) for cue in self.cues if cue.line.keys]
+
+
+def plan_conversation(
+    script: Sequence[Line],
+    rate_hz: int,
+    *,
+    caller_voice: Callable[[str, int], bytes],
+    agent_voice: Callable[[str, int], bytes],
+    margin_s: float = REPLY_MARGIN_S,
+) -> Conversation:
+    """Play the default dialog flow offline on ``script`` and place each line after the agent's
+    expected reply to the one before (its synthesised length plus ``margin_s``); the track
+    ends ``margin_s`` after the last reply. Lines start on 20 ms frame boundaries."""
+    from callstream.workers.agent.dialog import Dialog, load_flow  # noqa: PLC0415 - agent extra
+
+    dialog = Dialog(load_flow(None))
+    state: dict[str, Any] = {}
+    greeting = dialog.greet(state).text
+    expected = [greeting]
+    frame = frame_bytes_for(rate_hz)
+    track = bytearray()
+    cues: list[Cue] = []
+    at_s = _seconds(agent_voice(greeting, rate_hz), rate_hz) + margin_s
+    for line in script:
+        at_s = round(at_s * 1000 / FRAME_MS) * FRAME_MS / 1000  # on a frame boundary
+        if line.say:
+            pcm = caller_voice(line.say, rate_hz)
+            seconds = _seconds(pcm, rate_hz)
+            start = round(at_s * rate_hz) * BYTES_PER_SAMPLE
+            track += bytes(start - len(track)) + pcm
+            reply = dialog.on_utterance(state, line.say)
+        else:
+            seconds = len(line.keys) * DTMF_SPACING_S
+            replies = [dialog.on_dtmf(state, tone) for tone in line.keys]
+            reply = next((r for r in reversed(replies) if r is not None), None)
+        cues.append(Cue(line, at_s, seconds))
+        at_s += seconds + margin_s
+        if reply is not None:
+            expected.append(reply.text)
+            at_s += _seconds(agent_voice(reply.text, rate_hz), rate_hz)
+    end = round(at_s * rate_hz) * BYTES_PER_SAMPLE
+    track += bytes(end - len(track))
+    track += bytes(-len(track) % frame)
+    return Conversation(bytes(track), tuple(cues), tuple(expected))
+
+
+def _seconds(pcm: bytes, rate_hz: int) -> float:
+    return len(pcm) / (BYTES_PER_SAMPLE * rate_hz)
+
+
+def _flite_caller(text: str, rate_hz: int) -> bytes:
+    return speak(text, rate_hz, voice=CALLER_VOICE)
+
+
+# ------------------------------------------------------------------------------ the call
 
 
 @dataclasses.dataclass
@@ -114,55 +199,41 @@ class DemoCall:
 
 
 async def place_demo_call(
-    settings: Settings, talkers: list[bytes], *, rate_hz: int, mode: Mode, transcribe: bool
+    settings: Settings,
+    conversation: Conversation,
+    agent: HandlerFactory,
+    *,
+    rate_hz: int,
+    mode: Mode,
 ) -> DemoCall:
-    """Run Redis (if needed), a gateway, an echo worker and (``transcribe``) a transcription
-    worker, and place one emulated call; its transcripts are printed as they arrive."""
+    """Run Redis (if needed), a gateway, a transcription worker, an NLP worker (when its extra
+    is installed) and the agent (``agent``: its handler factory), and place one emulated call
+    with the caller's track; what happens is printed as it happens."""
+    from callstream.workers.agent.worker import KIND as AGENT  # noqa: PLC0415 - agent extra
+    from callstream.workers.stt.pocketsphinx_engine import pocketsphinx_factory  # noqa: PLC0415
+    from callstream.workers.transcribe import KIND as TRANSCRIBE  # noqa: PLC0415
+    from callstream.workers.transcribe import transcribe_factory  # noqa: PLC0415
+
     async with ensure_redis(settings.redis_url) as url, contextlib.AsyncExitStack() as stack:
         settings = dataclasses.replace(settings, redis_url=url)
         print(f"Redis:   {url}")
         gateway = await stack.enter_async_context(Gateway(settings))
+        kinds: list[tuple[Kind, HandlerFactory]] = [
+            (TRANSCRIBE, transcribe_factory(pocketsphinx_factory))
+        ]
+        nlp = _nlp_kind()
+        if nlp is not None:
+            kinds.append((nlp, nlp.factory(argparse.Namespace(intents=None))))
+        kinds.append((AGENT, agent))
         workers = [
             await stack.enter_async_context(
-                WorkerRuntime(settings, "echo", echo_factory(0.0), max_calls=4)
+                WorkerRuntime(settings, kind.name, factory, inputs=kind.inputs, max_calls=4)
             )
+            for kind, factory in kinds
         ]
-        if transcribe:
-            # Imported here: without flite there is nothing to transcribe, and PocketSphinx
-            # (the `transcribe` extra) need not be installed.
-            from callstream.workers.stt.pocketsphinx_engine import (  # noqa: PLC0415
-                pocketsphinx_factory,
-            )
-            from callstream.workers.transcribe import KIND as TRANSCRIBE  # noqa: PLC0415
-            from callstream.workers.transcribe import transcribe_factory  # noqa: PLC0415
-
-            workers.append(
-                await stack.enter_async_context(
-                    WorkerRuntime(
-                        settings,
-                        TRANSCRIBE.name,
-                        transcribe_factory(pocketsphinx_factory),
-                        inputs=TRANSCRIBE.inputs,
-                        max_calls=4,
-                    )
-                )
-            )
-            nlp = _nlp_kind()
-            if nlp is not None:
-                workers.append(
-                    await stack.enter_async_context(
-                        WorkerRuntime(
-                            settings,
-                            nlp.name,
-                            nlp.factory(argparse.Namespace(intents=None)),
-                            inputs=nlp.inputs,
-                            max_calls=4,
-                        )
-                    )
-                )
-        kinds = " and ".join(f"{w.kind} worker" for w in workers)
-        print(f"Gateway: {gateway.url}  (+ egress, {kinds})")
-        print(f"Calling: {mode} {rate_hz} Hz, {len(talkers)} participants\n")
+        names = " and ".join(f"{w.kind}" for w in workers)
+        print(f"Gateway: {gateway.url}  (+ egress; workers: {names})")
+        print(f"Calling: {mode} {rate_hz} Hz, {_seconds(conversation.caller, rate_hz):.1f} s\n")
         redis = aioredis.Redis.from_url(url, socket_timeout=None)
         stack.push_async_callback(redis.aclose)
         call_id = f"demo-{uuid.uuid4()}"
@@ -170,14 +241,17 @@ async def place_demo_call(
         stop = asyncio.Event()
         # Each worker kind says when it has published everything about the call.
         done = {f"{worker.kind}.done" for worker in workers}
-        printer = asyncio.create_task(_print_events(redis, events_key, stop, done))
+        started = asyncio.get_running_loop().time()
+        printer = asyncio.create_task(
+            _print_events(redis, events_key, stop, done, cues=conversation.cues, started=started)
+        )
         try:
             results = await simulate(
                 gateway.url,
-                talkers,
+                [conversation.caller],
                 rate_hz=rate_hz,
                 mode=mode,
-                dtmf=[("42#", 1.0)],
+                dtmf=conversation.dtmf,
                 call_ids=[call_id],
             )
             # Let the workers process the call to its end before everything shuts down.
@@ -202,14 +276,28 @@ def _nlp_kind() -> Kind | None:
 
 
 async def _print_events(
-    redis: aioredis.Redis, key: str, stop: asyncio.Event, done: set[str]
+    redis: aioredis.Redis,
+    key: str,
+    stop: asyncio.Event,
+    done: set[str],
+    *,
+    cues: Sequence[Cue],
+    started: float,
 ) -> None:
-    """Print the call's final transcripts, the insights on each and DTMF tones as they are
-    published, until every event type in ``done`` has come (or ``stop``)."""
+    """Print the caller's lines when they are due (``started``: the call's start, loop time),
+    the call's final transcripts, the insights on each, keypad entries and the agent's turns as
+    they are published, until every event type in ``done`` has come (or ``stop``)."""
+    loop = asyncio.get_running_loop()
     names = _names()
+    due = list(cues)
+    keyed = ""  # DTMF tones heard since the last line printed
     last = b"0-0"
     waiting = set(done)
     while waiting and not stop.is_set():
+        while due and loop.time() - started >= due[0].at_s:
+            cue = due.pop(0)
+            what = f"says     {cue.line.say}" if cue.line.say else f"keys     {cue.line.keys}"
+            print(f"{cue.at_s:5.1f} s  caller {what}")
         reply = cast(XReadReply, await redis.xread({key: last}, block=100))
         for _, entries in reply or ():
             for entry_id, fields in entries:
@@ -217,12 +305,28 @@ async def _print_events(
                 event = Event.from_fields(fields)
                 waiting.discard(event.type)
                 if event.type == DTMF:
-                    print(f"  dtmf     {event.data['tone']}")
+                    keyed += str(event.data.get("tone", ""))
+                    if keyed.endswith("#"):
+                        print(f"         dtmf     {keyed}")
+                        keyed = ""
                 elif _is_final(event):
                     who = names.get(event.data.get("participantRawID") or "", "call")
-                    print(f"  heard    {who}: {event.data['text']}")
+                    print(f"         heard    {who}: {event.data['text']}")
                 elif event.type in INSIGHTS:
-                    print(f"           {_insight(event)}")
+                    print(f"                  {_insight(event)}")
+                elif event.type == AGENT_TURN:
+                    print(f"         agent    {_turn(event)}")
+    if keyed:
+        print(f"         dtmf     {keyed}")
+
+
+def _turn(event: Event) -> str:
+    """One line for an agent's turn: what it said, and why."""
+    data = event.data
+    notes = [str(data[k]) for k in ("intent", "action") if data.get(k)]
+    if data.get("interrupted"):
+        notes.append("interrupted")
+    return str(data.get("text", "")) + (f"  [{', '.join(notes)}]" if notes else "")
 
 
 def _insight(event: Event) -> str:
@@ -241,99 +345,148 @@ def _insight(event: Event) -> str:
 
 
 def _names() -> dict[str, str]:
-    """The emulator's participantRawID of each participant → its name in the conversation."""
-    ids = participant_ids(len(SPEAKERS))
-    return dict(zip(ids, SPEAKERS, strict=True))
+    """The emulator's participantRawID of the caller (unmixed calls) → "caller"."""
+    return {participant_ids(1)[0]: "caller"}
 
 
 def _is_final(event: Event) -> bool:
     return event.type == TRANSCRIPT and event.data.get("resultStatus") == "Final"
 
 
-def run_demo(settings: Settings, *, rate_hz: int, mode: Mode, seconds: float, out_dir: Path) -> int:
-    spoken = piper_available() or flite_available()
-    if spoken:
-        talkers = spoken_talkers(rate_hz)
+def _transcribed(cue: Cue, transcripts: Sequence[dict[str, Any]]) -> bool:
+    """Whether a final transcript overlaps the time the caller said ``cue``'s line."""
+    end_s = cue.at_s + cue.seconds
+    return any(
+        t["offset_s"] < end_s and t["offset_s"] + t["duration_s"] > cue.at_s for t in transcripts
+    )
+
+
+# ---------------------------------------------------------------------------- the demo
+
+
+def _voices() -> tuple[Callable[[str, int], bytes], str, str] | str:
+    """The caller's voice, its name and the agent's ``--tts``; or what is missing."""
+    if piper_available():
+        tts = "piper"
+    elif shutil.which("espeak-ng"):
+        print("Piper is not installed: the agent speaks with espeak-ng (./dev installs Piper)")
+        tts = "espeak"
     else:
-        print(
-            "Neither Piper nor flite is installed: synthetic talkers, no transcription "
-            "(./dev installs them)"
+        return "Neither Piper nor espeak-ng is installed: the agent cannot speak (run ./dev demo)"
+    if flite_available():
+        return _flite_caller, f"flite {CALLER_VOICE}", tts
+    if piper_available():
+        print("flite is not installed: the caller speaks with Piper too (./dev installs flite)")
+        return piper_speak, "piper", tts
+    return "flite is not installed: the caller cannot speak (apt-get install flite)"
+
+
+def _agent_factory(tts: str) -> HandlerFactory:
+    """The agent as ``callstream worker agent --tts TTS`` configures it (its other options at
+    their defaults: the sample dialog flow)."""
+    from callstream.workers.agent.worker import KIND as AGENT  # noqa: PLC0415 - agent extra
+
+    parser = argparse.ArgumentParser()
+    if AGENT.add_arguments is not None:
+        AGENT.add_arguments(parser)
+    return AGENT.factory(parser.parse_args(["--tts", tts]))
+
+
+def run_demo(settings: Settings, *, rate_hz: int, mode: Mode, out_dir: Path) -> int:
+    voices = _voices()
+    if isinstance(voices, str):
+        print(voices)
+        return 1
+    caller_voice, caller_name, tts = voices
+    try:
+        from callstream.workers.agent.tts import make_synthesizer  # noqa: PLC0415
+
+        agent = _agent_factory(tts)
+        agent_voice = make_synthesizer(tts, {})
+        conversation = plan_conversation(
+            CALLER_SCRIPT, rate_hz, caller_voice=caller_voice, agent_voice=agent_voice.synthesize
         )
-        talkers = [
-            synth_talker(rate_hz, seconds, (0.2, seconds * 0.45), 140.0, seed=1),
-            synth_talker(rate_hz, seconds, (seconds * 0.5, seconds - 0.3), 220.0, seed=2),
-        ]
-    demo = asyncio.run(
-        place_demo_call(settings, talkers, rate_hz=rate_hz, mode=mode, transcribe=spoken)
-    )
+    except ImportError as exc:
+        print(f"The agent or transcription extra is not installed ({exc}): run ./dev demo")
+        return 1
+    except CallstreamError as exc:
+        print(f"The agent cannot start: {exc}")
+        return 1
+    print(f"Caller:  {caller_name} (left channel); agent: {tts} (right channel)")
+    demo = asyncio.run(place_demo_call(settings, conversation, agent, rate_hz=rate_hz, mode=mode))
     result = demo.result
-    # Echo plays back every speech frame it receives, in arrival order.
-    if mode == "mixed":
-        sent = speech_frames(mix(talkers), rate_hz)
-    else:
-        sent = _interleaved_speech(talkers, rate_hz)
-    played = speech_frames(result.recording, rate_hz)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_wav(str(out_dir / "input.wav"), mix(talkers), rate_hz)
-    write_wav(str(out_dir / "recording.wav"), result.recording, rate_hz)
-    p50, p99 = (
-        np.percentile(result.latencies_ms, [50, 99]) if result.latencies_ms else (np.nan, np.nan)
-    )
     names = _names()
     transcripts = [
         {
             "participant": names.get(e.data.get("participantRawID") or "", "call"),
             "offset_s": e.data["offset"] / TICKS_PER_MS / 1000,
+            "duration_s": e.data["duration"] / TICKS_PER_MS / 1000,
             "text": e.data["text"],
             "confidence": e.data["confidence"],
         }
         for e in demo.events
         if _is_final(e)
     ]
-    if not spoken:
-        heard_everyone = True
-    elif mode == "unmixed":  # each participant's stream is recognised on its own
-        heard_everyone = {t["participant"] for t in transcripts} == set(SPEAKERS)
-    else:
-        heard_everyone = len(transcripts) >= len(CONVERSATION)
+    turns = [
+        {
+            "turn": e.data["turn"],
+            "text": e.data["text"],
+            "intent": e.data.get("intent"),
+            "action": e.data.get("action"),
+            "interrupted": bool(e.data.get("interrupted", False)),
+        }
+        for e in demo.events
+        if e.type == AGENT_TURN
+    ]
+    said = [cue for cue in conversation.cues if cue.line.say]
+    missed = [cue.line.say for cue in said if not _transcribed(cue, transcripts)]
     insights = [e for e in demo.events if e.type in INSIGHTS]
     summaries = [dict(e.data) for e in demo.events if e.type == "nlp.summary"]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    wav = out_dir / "conversation.wav"
+    write_stereo_wav(str(wav), conversation.caller, result.recording, rate_hz)
     report: dict[str, Any] = {
         "call_id": result.call_id,
+        "mode": mode,
+        "rate_hz": rate_hz,
+        "voices": {"caller": caller_name, "agent": tts},
+        "close_code": result.close_code,
         "frames_sent": result.frames_sent,
         "frames_received": result.frames_received,
-        "speech_frames_sent": len(sent),
-        "speech_frames_played": len(played),
-        "played_equals_sent": played == sent,
-        "echo_latency_ms": {"p50": float(p50), "p99": float(p99)},
-        "close_code": result.close_code,
-        "said": [{"participant": n, "text": t} for n, t, _ in CONVERSATION] if spoken else [],
+        "said": [
+            {"participant": "caller", "at_s": c.at_s, "seconds": c.seconds, "text": c.line.say}
+            for c in said
+        ],
+        "keyed": [{"at_s": c.at_s, "keys": c.line.keys} for c in conversation.cues if c.line.keys],
+        "expected_turns": list(conversation.expected),
+        "agent_turns": turns,
         "transcripts": transcripts,
         "insights": [{"type": e.type, **dict(e.data)} for e in insights],
         "summary": summaries[0] if summaries else None,
+        "recording": {
+            "seconds": _seconds(result.recording, rate_hz),
+            "sha256": hashlib.sha256(result.recording).hexdigest(),
+        },
     }
     (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    answered = len(turns) >= 2  # the greeting, and a reply to the caller
+    matched = sum(t["text"] == e for t, e in zip(turns, conversation.expected, strict=False))
+    closed = result.error is None and result.close_code in (1000, None)
     print(
-        f"\nSent {result.frames_sent} frames ({len(sent)} with speech); "
-        f"the echo worker played back {len(played)} speech frames.\n"
-        f"Played audio {'equals' if played == sent else 'DIFFERS FROM'} the speech sent, "
-        f"byte for byte and in order.\n"
-        f"Echo latency (sent → played back into the call): p50 {p50:.1f} ms, p99 {p99:.1f} ms."
+        f"\nThe agent took {len(turns)} turns ({matched} of the {len(conversation.expected)} "
+        f"the flow plays offline, in order); the caller said {len(said)} lines "
+        f"and keyed {len(conversation.dtmf)} entry, {len(transcripts)} transcripts."
     )
-    if spoken:
-        print("\nSaid:")
-        for name, text, _ in CONVERSATION:
-            print(f"  {name}: {text}")
-        print("Transcribed (offline PocketSphinx; final results, offsets from call start):")
-        for t in transcripts:
-            print(f"  {t['offset_s']:5.2f} s  {t['participant']}: {t['text']}")
-        if not heard_everyone:
-            print("  TRANSCRIPTS MISSING: not every utterance was transcribed")
-        if summaries:
-            print(_summary_table(summaries[0], names))
-    print(f"\nWrote {out_dir}/input.wav, recording.wav and report.json.")
-    ok = played == sent and heard_everyone and result.close_code in (1000, None)
-    return 0 if ok else 1
+    if missed:
+        print("NOT TRANSCRIBED: " + "; ".join(missed))
+    if not answered:
+        print("THE AGENT DID NOT ANSWER: fewer than 2 agent turns")
+    if not closed:
+        print(f"THE CALL DID NOT CLOSE NORMALLY: code {result.close_code}, {result.error}")
+    if summaries:
+        print(_summary_table(summaries[0], names))
+    print(f"\nWrote {wav} (caller left, agent right) and {out_dir / 'report.json'}.")
+    return 0 if closed and answered and not missed else 1
 
 
 def _summary_table(summary: dict[str, Any], names: dict[str, str]) -> str:
@@ -360,40 +513,19 @@ def _summary_table(summary: dict[str, Any], names: dict[str, str]) -> str:
     return "\n".join(lines)
 
 
-def _interleaved_speech(talkers: list[bytes], rate_hz: int) -> list[bytes]:
-    """Unmixed: every 20 ms each participant's frame is sent; speech frames in that order."""
-    size = frame_bytes_for(rate_hz)
-    per_talker = [chunk(t, size) for t in talkers]
-    frames: list[bytes] = []
-    for slot in zip(*per_talker, strict=True):
-        frames.extend(f for f in slot if not is_silent(f))
-    return frames
-
-
 def _run(args: argparse.Namespace, settings: Settings) -> int:
-    return run_demo(
-        settings,
-        rate_hz=args.rate,
-        mode=args.mode,
-        seconds=args.seconds,
-        out_dir=Path(args.out),
-    )
+    return run_demo(settings, rate_hz=args.rate, mode=args.mode, out_dir=Path(args.out))
 
 
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "demo",
-        help="one emulated call through gateway, Redis, echo and transcription workers, egress",
+        help="a caller talks with the voice agent on one emulated call: gateway, Redis, "
+        "transcription, insights, agent, egress; writes a stereo conversation.wav",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--rate", type=int, choices=(16000, 24000), default=16000)
     parser.add_argument("--mode", choices=("mixed", "unmixed"), default="mixed")
-    parser.add_argument(
-        "--seconds",
-        type=float,
-        default=6.0,
-        help="call length without flite (default 6; spoken, the conversation sets it)",
-    )
     parser.add_argument("--out", default="callstream-demo", help="output folder")
     parser.set_defaults(run=_run)

@@ -1,4 +1,5 @@
-"""Load any PCM WAV as 16-bit mono at a given rate (numpy + soxr), and write PCM16 WAVs."""
+"""Load any PCM WAV as 16-bit mono at a given rate (numpy + soxr), and write PCM16 WAVs (mono,
+or stereo from two tracks)."""
 
 from __future__ import annotations
 
@@ -52,3 +53,20 @@ def write_wav(path: str, pcm: bytes, rate_hz: int) -> None:
         wav.setsampwidth(2)
         wav.setframerate(rate_hz)
         wav.writeframes(pcm)
+
+
+def write_stereo_wav(path: str, left: bytes, right: bytes, rate_hz: int) -> None:
+    """Write two PCM16 mono tracks at ``rate_hz`` as one stereo WAV file, ``left`` on the left
+    channel and ``right`` on the right; the shorter one is padded with silence at its end."""
+    if len(left) % 2 or len(right) % 2:
+        raise ValueError("PCM16 tracks must have an even number of bytes")
+    length = max(len(left), len(right)) // 2
+    frames = np.zeros((length, 2), dtype="<i2")
+    for channel, pcm in enumerate((left, right)):
+        samples = np.frombuffer(pcm, dtype="<i2")
+        frames[: samples.size, channel] = samples
+    with wave.open(path, "wb") as wav:
+        wav.setnchannels(2)
+        wav.setsampwidth(2)
+        wav.setframerate(rate_hz)
+        wav.writeframes(frames.tobytes())
