@@ -98,6 +98,11 @@ class AgentHandler:
         state.setdefault("heard_over", [])  # [start, end] of turns played to their end
         state.setdefault("held_at", None)  # call ms the audio was held (a possible barge-in)
         state.setdefault("barge_ins", {"held": 0, "resumed": 0, "stopped": 0})
+        if state["held_at"] is not None:
+            # Taken over while its audio was held: this replica did not hear the burst's start,
+            # so it plays on; a caller still talking holds and stops it again.
+            ctx.audio.resume()
+            state["held_at"] = None
 
     async def handle(self, batch: Sequence[Item]) -> None:
         for _, value in batch:
