@@ -64,6 +64,7 @@ TICKS_PER_MS = 10_000  # transcript offsets are in 100-ns ticks from the call's 
 BYTES_PER_SAMPLE = 2
 MARK_PREFIX = "agent:"
 PLAYED, BARGED_IN, HUNG_UP = "played", "barged_in", "hung_up"
+DEFAULT_BARGE_IN = BargeInConfig()
 
 
 def _epoch_ms() -> int:
@@ -79,7 +80,7 @@ class AgentHandler:
         dialog: Dialog,
         voice: Synthesizer,
         llm: ChatLlm | None = None,
-        barge_in: BargeInConfig | None = None,
+        barge_in: BargeInConfig | None = DEFAULT_BARGE_IN,
     ) -> None:
         self._ctx = ctx
         self._dialog = dialog
@@ -335,7 +336,7 @@ def agent_factory(
     dialog: Dialog,
     voice: Synthesizer,
     llm: ChatLlm | None = None,
-    barge_in: BargeInConfig | None = BargeInConfig(),  # noqa: B008 (frozen)
+    barge_in: BargeInConfig | None = DEFAULT_BARGE_IN,
 ) -> HandlerFactory:
     def factory(ctx: CallContext) -> CallHandler:
         return AgentHandler(ctx, dialog, voice, llm, barge_in)
@@ -390,7 +391,7 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
         default="piper",
         help="the voice: piper (offline, default), espeak (espeak-ng), azure (Azure Speech)",
     )
-    defaults = BargeInConfig()
+    defaults = DEFAULT_BARGE_IN
     parser.add_argument(
         "--barge-in-min-ms",
         type=int,
