@@ -265,15 +265,19 @@ async def test_backchannels_coughs_and_noise_do_not_interrupt_the_agent(
     assert greeting.data["ended"] == "played"
     assert greeting.data["audio_ms"] > 11_000  # long enough to be talked over six times
     assert greeting.data["holds"] >= 3  # the voiced ones held it a moment; it played on
-    # Nothing of it was lost to the holds: the recording holds the whole greeting (a frame
-    # playing at a hold may be played again after it, or, at its edge, be lost).
+    # Nothing of it was lost to the holds: the recording holds the whole greeting. The egress
+    # takes back the frames whose slot had not ended when it held; the emulator plays each
+    # frame up to a frame (plus its delivery) after that slot, so at a hold's edge a frame may
+    # be heard twice or, late, be dropped: a frame or two a hold. Taking nothing back, as
+    # a plain StopAudio does, would lose the ~5 frames (100 ms) the platform holds at each.
     voice = make_synthesizer("espeak", os.environ)
     said = frame_aligned(b"".join(voice.synthesize(s, RATE) for s in sentences(LONG_GREETING)))
     size = RATE // 50 * 2
     expected = Counter(f for f in chunk(said, size) if not is_silent(f))
     played = Counter(f for f in chunk(result.recording, size) if not is_silent(f))
-    assert not played - expected  # all it played is the greeting
-    assert sum((expected - played).values()) <= greeting.data["holds"]
+    assert set(played) <= set(expected)  # all it played is the greeting
+    assert sum((expected - played).values()) <= 2 * greeting.data["holds"]
+    assert sum((played - expected).values()) <= 2 * greeting.data["holds"]
 
 
 @pytest.mark.timeout(180)

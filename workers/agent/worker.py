@@ -88,6 +88,8 @@ class AgentHandler:
         self._llm = llm
         self._barge_in = barge_in  # None: the caller cannot interrupt
         self._detectors: dict[int, BargeIn] = {}  # per caller stream (channel)
+        # An LLM's reply, spoken as it streams while the caller's audio is still listened to.
+        self._replying: asyncio.Task[None] | None = None
         state = ctx.state
         self._dialog_state: dict[str, Any] = state.setdefault("dialog", {})
         state.setdefault("turns", 0)
@@ -110,6 +112,7 @@ class AgentHandler:
             if isinstance(value, InFrame):
                 self._listen(value)
             elif isinstance(value, InEnd):
+                await self._cancel_reply()
                 self._close_turns(HUNG_UP, self._now_ms())
             elif not isinstance(value, Event):
                 continue
@@ -125,7 +128,7 @@ class AgentHandler:
                 if isinstance(text, str) and text:
                     heard_at_ms = _epoch_ms()
                     if self._llm is not None:
-                        await self._speak(self._ask(text), Reply(""), value, heard_at_ms)
+                        self._in_background(self._ask(text), Reply(""), value, heard_at_ms)
                         continue
                     reply = self._dialog.on_utterance(self._dialog_state, text)
                     if reply is not None:
@@ -137,7 +140,7 @@ class AgentHandler:
                     await self._say(reply, value, heard_at_ms)
 
     async def aclose(self) -> None:
-        pass
+        await self._cancel_reply()
 
     async def _ask(self, utterance: str) -> AsyncIterator[str]:
         """The LLM's reply to ``utterance``, sentence by sentence, the conversation so far as
@@ -158,8 +161,40 @@ class AgentHandler:
         return max(0, _epoch_ms() - self._ctx.call.time_ms)
 
     async def _say(self, reply: Reply, heard: Event | None, heard_at_ms: int | None = None) -> None:
-        """Synthesize ``reply`` sentence by sentence into the call."""
-        await self._speak(_listed(sentences(reply.text)), reply, heard, heard_at_ms)
+        """Synthesize ``reply`` sentence by sentence into the call (after an LLM's reply still
+        being spoken, if there is one)."""
+        source = _listed(sentences(reply.text))
+        if self._replying is not None and not self._replying.done():
+            self._in_background(source, reply, heard, heard_at_ms)
+        else:
+            await self._speak(source, reply, heard, heard_at_ms)
+
+    def _in_background(
+        self,
+        source: AsyncIterator[str],
+        reply: Reply,
+        heard: Event | None,
+        heard_at_ms: int | None,
+    ) -> None:
+        """Speak ``source`` in a task of its own, after the reply before it: the handler goes
+        on reading the caller's audio (a barge-in cancels the task) while an LLM generates."""
+        previous = self._replying
+
+        async def speak() -> None:
+            if previous is not None:
+                await asyncio.wait([previous])
+            try:
+                await self._speak(source, reply, heard, heard_at_ms)
+            except Exception:  # the call's other work goes on; the caller can ask again
+                log.exception("call %s: a reply failed", self._ctx.call.call_id)
+
+        self._replying = asyncio.create_task(speak(), name=f"reply-{self._ctx.call.call_id}")
+
+    async def _cancel_reply(self) -> None:
+        task, self._replying = self._replying, None
+        if task is not None and not task.done():
+            task.cancel()
+            await asyncio.wait([task])
 
     async def _speak(
         self,
@@ -192,29 +227,30 @@ class AgentHandler:
         }
         state["open"][str(turn)] = record
         said: list[str] = []
-        audio_ms = 0
-        async for sentence in source:
-            pcm = await asyncio.to_thread(self._voice.synthesize, sentence, rate)
-            if str(turn) not in state["open"]:
-                break  # the caller barged in while this was being made: say no more
-            said.append(sentence)
-            if record["first_audio_at_ms"] is None:
-                record["first_audio_ms"] = round((time.monotonic() - began) * 1000, 1)
-                record["first_audio_at_ms"] = _epoch_ms()
-                self._ctx.audio.mark(f"{MARK_PREFIX}{turn}:start")
-                begins = max(self._now_ms(), state["playing"][1])  # after what still plays
-                state["playing"] = [begins, begins]
-            self._ctx.audio.play(pcm)
-            audio_ms += len(pcm) * 1000 // (BYTES_PER_SAMPLE * rate)
-            state["playing"][1] = state["playing"][0] + audio_ms
-        record["text"] = " ".join(said)
-        record["audio_ms"] = audio_ms
-        record["synthesis_ms"] = round((time.monotonic() - began) * 1000, 1)
-        history = state.setdefault("history", [])
-        if heard is not None and heard.type == TRANSCRIPT:
-            history.append(["user", str(heard.data.get("text", ""))])
-        history.append(["assistant", record["text"]])
-        del history[:-MAX_HISTORY]
+        try:
+            async for sentence in source:
+                pcm = await asyncio.to_thread(self._voice.synthesize, sentence, rate)
+                if str(turn) not in state["open"]:
+                    break  # the caller barged in while this was being made: say no more
+                said.append(sentence)
+                if record["first_audio_at_ms"] is None:
+                    record["first_audio_ms"] = round((time.monotonic() - began) * 1000, 1)
+                    record["first_audio_at_ms"] = _epoch_ms()
+                    self._ctx.audio.mark(f"{MARK_PREFIX}{turn}:start")
+                    begins = max(self._now_ms(), state["playing"][1])  # after what still plays
+                    state["playing"] = [begins, begins]
+                self._ctx.audio.play(pcm)
+                record["text"] = " ".join(said)
+                record["audio_ms"] += len(pcm) * 1000 // (BYTES_PER_SAMPLE * rate)
+                state["playing"][1] = state["playing"][0] + record["audio_ms"]
+        finally:  # also when cancelled by a barge-in: what was said is the conversation's
+            record["synthesis_ms"] = round((time.monotonic() - began) * 1000, 1)
+            history = state.setdefault("history", [])
+            if heard is not None and heard.type == TRANSCRIPT:
+                history.append(["user", str(heard.data.get("text", ""))])
+            history.append(["assistant", " ".join(said)])
+            del history[:-MAX_HISTORY]
+        audio_ms = record["audio_ms"]
         if str(turn) in state["open"]:
             if audio_ms:
                 self._ctx.audio.mark(f"{MARK_PREFIX}{turn}:end")
@@ -296,6 +332,8 @@ class AgentHandler:
                 state["held_at"] = None
                 counts["resumed"] += 1
         else:  # Decision.STOP
+            if self._replying is not None:
+                self._replying.cancel()  # an LLM still generating: say no more
             self._ctx.audio.stop()
             state["held_at"] = None
             state["playing"][1] = now_ms

@@ -4,11 +4,16 @@ and is not answered, a hang-up closes what was open."""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
+from typing import cast
+
 import numpy as np
 
 from callstream.shared.entries import InEnd, InFrame
 from callstream.shared.events import CALL_STARTED, Event
 from callstream.workers.agent.dialog import Dialog, parse_flow
+from callstream.workers.agent.llm import ChatLlm
 from callstream.workers.agent.worker import TURN, AgentHandler
 from callstream.workers.api import Item
 from callstream.workers.testing import MemoryContext, memory_context
@@ -44,9 +49,9 @@ class Tone:
 class Call:
     """One call's handler, its clock (ms from the call's start) and helpers to drive it."""
 
-    def __init__(self, ctx: MemoryContext | None = None) -> None:
+    def __init__(self, ctx: MemoryContext | None = None, llm: ChatLlm | None = None) -> None:
         self.ctx = ctx or memory_context("c", rate_hz=RATE, mode="unmixed")
-        self.handler = AgentHandler(self.ctx, Dialog(parse_flow(FLOW)), Tone())
+        self.handler = AgentHandler(self.ctx, Dialog(parse_flow(FLOW)), Tone(), llm)
         self.now_ms = 0
         self.seq = 0
 
@@ -175,3 +180,47 @@ async def test_a_replica_taking_over_a_held_turn_plays_it_on() -> None:
     successor = Call(memory_context("c", rate_hz=RATE, mode="unmixed", state=state))
     assert successor.log() == ["resume"]
     assert successor.ctx.state["held_at"] is None
+
+
+class HeldLlm:
+    """A stand-in model: says its first sentence at once, then thinks until cancelled."""
+
+    def __init__(self) -> None:
+        self.waiting = asyncio.Event()  # asked for more: the first sentence has been queued
+        self.cancelled = asyncio.Event()
+
+    async def reply(self, history: list[tuple[str, str]], utterance: str) -> AsyncIterator[str]:
+        yield "Let me look into that for you."
+        self.waiting.set()
+        try:
+            await asyncio.Event().wait()  # generating the rest, for ever
+        except asyncio.CancelledError:
+            self.cancelled.set()
+            raise
+        yield "Your refund was sent yesterday."
+
+
+async def test_a_caller_can_barge_in_while_the_llm_is_still_generating() -> None:
+    llm = HeldLlm()
+    ctx = memory_context("c", rate_hz=RATE, mode="unmixed")
+    call = Call(ctx, llm=cast(ChatLlm, llm))
+    await call.send(call.event(CALL_STARTED, {"rate_hz": RATE, "mode": "unmixed"}))
+    await call.mark("agent:1:start")
+    call.now_ms = 2000
+    await call.mark("agent:1:end")
+    said = {"resultStatus": "Final", "text": "where is my refund", "offset": 25_000_000}
+    said |= {"duration": 10_000_000, "participantRawID": "4:+1"}
+    await call.send(call.event("transcript", said, at_ms=4000))  # returns: the reply streams on
+    async with asyncio.timeout(10):
+        await llm.waiting.wait()
+    assert call.log()[-2:] == ["mark agent:2:start", "play"]
+    await call.mark("agent:2:start")
+    call.now_ms = 4200
+    await call.talk(np.concatenate([silence(0.1), voiced(1.0)]))  # heard while it generates
+    assert call.log()[-2:] == ["pause", "stop"]
+    async with asyncio.timeout(10):
+        await llm.cancelled.wait()  # the rest is not waited for
+    reply = call.turns()[1]
+    assert reply.data["ended"] == "barged_in"
+    assert reply.data["text"] == "Let me look into that for you."
+    assert call.ctx.state["history"][-1] == ["assistant", "Let me look into that for you."]
