@@ -78,6 +78,7 @@ PARTIAL_MARK = ":partial:"
 SPEECH_TYPES = ("speech.started", "speech.stopped")
 NLP_PREFIX = "nlp."
 SUMMARY = "nlp.summary"
+AGENT_TURN = "agent.turn"
 
 
 # --------------------------------------------------------------------------- selection
@@ -496,6 +497,8 @@ class HumanView:
             return self._insight(event)
         if kind in SPEECH_TYPES and not self.show_speech:
             return []
+        if kind == AGENT_TURN:
+            return self._lines([self._agent_turn(event)])
         if kind.endswith(".done") or kind == "worker.failed":
             self._forget_partials(event)
         return self._lines([self._lifecycle(event)])
@@ -631,6 +634,24 @@ class HumanView:
             name = row[0].ljust(widths[0])
             table.append(self._style(name, participant_color(pid)) + text[len(name) :])
         return table
+
+    # ---- the voice agent
+
+    def _agent_turn(self, event: Event) -> str:
+        """``agent: <what it said>  [intent, action, barged in, held 2×]``."""
+        data = event.data
+        notes = [_str(data.get(k)) for k in ("intent", "action") if _str(data.get(k))]
+        if data.get("ended") == "barged_in":
+            notes.append("barged in")
+        elif data.get("ended") == "hung_up":
+            notes.append("cut off")
+        holds = _num(data.get("holds"))
+        if holds:
+            notes.append(f"held {int(holds)}×")
+        text = self._style("agent: ", _BOLD) + _one_line(_str(data.get("text")))
+        if notes:
+            text += self._style(f"  [{', '.join(notes)}]", _DIM)
+        return self._style(self._prefix(event), _DIM) + text
 
     # ---- lifecycle and others
 

@@ -565,3 +565,18 @@ def test_a_summary_key_with_a_line_break_stays_on_its_line() -> None:
     """Found by the property test above: keys of a nested object were printed raw."""
     ops = view().event(event("nlp.summary", {"utterance": {"\n": None}}))
     assert all("\n" not in op.text for op in ops if isinstance(op, Line))
+
+
+def test_an_agent_turn_is_what_it_said_with_how_it_ended() -> None:
+    played = example("agent.turn")
+    [line] = texts(view().event(played))
+    assert line.endswith("agent: Sure. What is your account number?  [billing]")
+    barged = Event(
+        played.id,
+        played.call_id,
+        played.type,
+        played.time_ms,
+        {**played.data, "ended": "barged_in", "interrupted": True, "holds": 1, "intent": None},
+    )
+    [line] = texts(view().event(barged))
+    assert line.endswith("agent: Sure. What is your account number?  [barged in, held 1×]")
