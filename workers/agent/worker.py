@@ -464,7 +464,7 @@ KIND = Kind(
     NAME,
     inputs=INPUTS,
     help="a voice agent: greets the caller, answers through a dialog flow, speaks with piper",
-    max_calls=100,
+    max_calls=20,  # measured: 10 calls 0.4 core, 20 calls 0.6 (docs/performance.md)
     add_arguments=_add_arguments,
     configure=configure,
 )
