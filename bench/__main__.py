@@ -1,12 +1,12 @@
-"""Benchmarks: ``python -m bench ingest|echo|egress|codec|transcribe|failover|soak|nlp|kafka`` (see
-docs/performance.md)."""
+"""Benchmarks: ``python -m bench ingest|echo|egress|codec|transcribe|failover|soak|nlp|kafka|agent``
+(see docs/performance.md)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-from bench import codec, echo, egress, failover, ingest, kafka, nlp, soak, transcribe
+from bench import agent, codec, echo, egress, failover, ingest, kafka, nlp, soak, transcribe
 
 
 def main() -> int:
@@ -43,6 +43,9 @@ def main() -> int:
     kafka.add_arguments(
         sub.add_parser("kafka", help=kafka.__doc__.splitlines()[0] if kafka.__doc__ else None)
     )
+    agent.add_arguments(
+        sub.add_parser("agent", help=agent.__doc__.splitlines()[0] if agent.__doc__ else None)
+    )
     args = parser.parse_args()
     if args.bench == "echo":
         return echo.main(args)
@@ -62,6 +65,8 @@ def main() -> int:
         return nlp.main(args)
     if args.bench == "kafka":
         return kafka.main(args)
+    if args.bench == "agent":
+        return agent.main(args)
     return 2
 
 

@@ -6,6 +6,10 @@ stream per participant for the four most dominant speakers, tagged with ``partic
 ``silent`` set on silence), DTMF tones when asked. Audio the server sends back (any of the
 spellings seen in the wild) is played at real time into a recording; ``StopAudio`` drops what is
 queued. Many concurrent calls share one ticker, so it doubles as a load generator.
+
+Each call's turns are measured (callstream/emulator/turns.py): per caller utterance, end of
+speech → the first audio of the reply, and, when the caller talked over the bot's audio, speech
+onset → ``StopAudio``.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import os
 import sys
 import time
 import uuid
+from array import array
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -31,6 +36,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 
 from callstream.emulator.playback import Playback
 from callstream.emulator.speakers import DominantSpeakers
+from callstream.emulator.turns import Turn, analyse
 from callstream.emulator.wav import load_wav, write_wav
 from callstream.shared.audio import FRAME_MS, Mode, as_int16, chunk, frame_bytes_for, is_silent, mix
 from callstream.shared.errors import ConfigError, ProtocolError
@@ -48,7 +54,11 @@ QUIET_AFTER_S = 0.5  # linger ends once nothing is queued and nothing arrived fo
 
 @dataclass
 class CallResult:
-    """What happened on one emulated call. ``recording`` is PCM16 at the call rate."""
+    """What happened on one emulated call. ``recording`` is PCM16 at the call rate.
+
+    ``started_at_ms`` is the wall-clock time (epoch ms) frame 0 was due, to correlate with
+    other clocks (Redis entry ids are wall-clock ms); ``turns`` are times in seconds from it.
+    """
 
     call_id: str
     frames_sent: int = 0
@@ -64,6 +74,8 @@ class CallResult:
     underrun_ms: float = 0.0
     first_audio_ms: float | None = None
     latencies_ms: list[float] = field(default_factory=list)
+    started_at_ms: float = 0.0
+    turns: list[Turn] = field(default_factory=list)
     recording: bytes = b""
 
     @property
@@ -75,6 +87,7 @@ class CallResult:
         del data["recording"], data["latencies_ms"]
         data["completed"] = self.completed
         data["latency_ms"] = latency_summary(self.latencies_ms)
+        data["turns"] = [asdict(turn) for turn in self.turns]
         return data
 
 
@@ -183,6 +196,10 @@ class _Call:
         self.start_s = start_s
         self.sent_at: dict[bytes, deque[float]] = {}
         self.last_audio_s = 0.0
+        # For the turns, on the loop's clock: when each tick was sent, when audio and stops came.
+        self.ticks_at = array("d")
+        self.audio_at = array("d")
+        self.stops_at = array("d")
         self.closed = False
         self.receiver: asyncio.Task[None] | None = None
 
@@ -199,8 +216,10 @@ class _Call:
                     result.unknown_messages += 1
                     continue
                 if isinstance(parsed, StopAudio):
+                    self.stops_at.append(now)
                     self.playback.stop(now)
                 elif isinstance(parsed, OutboundAudio):
+                    self.audio_at.append(now)
                     if result.first_audio_ms is None:
                         result.first_audio_ms = (now - self.start_s) * 1000
                     self.last_audio_s = now
@@ -230,9 +249,17 @@ class _Call:
         except ConnectionClosed:
             self.closed = True
 
-    def finish(self, now: float) -> None:
+    def finish(self, now: float, speech: Sequence[bool]) -> None:
+        """Close the books: ``speech[k]`` tells whether tick k of the script carried speech."""
         self.playback.advance(now)
         result = self.result
+        start = self.start_s
+        result.turns = analyse(
+            speech,
+            [t - start for t in self.ticks_at],
+            [t - start for t in self.audio_at],
+            [t - start for t in self.stops_at],
+        )
         result.frames_received = self.playback.frames_received
         result.stops_received = self.playback.stops
         result.underruns = self.playback.underruns
@@ -306,6 +333,7 @@ async def simulate(
         raise ConfigError(f"expected {calls} call ids, got {len(call_ids)}")
     loop = asyncio.get_running_loop()
     script = build_script(participants, rate_hz, mode)
+    speech = [any(s.pcm_hash is not None for s in sends) for sends in script]
     ids = list(call_ids) if call_ids is not None else [str(uuid.uuid4()) for _ in range(calls)]
     start_s = loop.time()
     active = [_Call(call_id, rate_hz, start_s) for call_id in ids]
@@ -317,9 +345,11 @@ async def simulate(
             call.receiver = asyncio.create_task(call.receive())
     t0 = loop.time() + 0.01
     wall0_ms = int(time.time() * 1000) + 10
+    epoch0_ms = time.time() * 1000 + (t0 - loop.time()) * 1000
     for call in active:
         call.start_s = t0
         call.playback = Playback(frame_bytes_for(rate_hz), t0)
+        call.result.started_at_ms = epoch0_ms
     dtmf_at = sorted(
         (at + i * DTMF_SPACING_S, tone) for digits, at in dtmf for i, tone in enumerate(digits)
     )
@@ -335,7 +365,7 @@ async def simulate(
             if call.receiver is not None:
                 with contextlib.suppress(Exception):
                     await call.receiver
-            call.finish(loop.time())
+            call.finish(loop.time(), speech)
     return [call.result for call in active]
 
 
@@ -378,6 +408,7 @@ async def _send_script(
                     continue
                 for text, pcm_hash in texts:
                     await call.send(text, pcm_hash, now)
+                call.ticks_at.append(now)
                 call.result.frames_sent += len(texts)
         while next_dtmf < len(dtmf_at) and dtmf_at[next_dtmf][0] <= (k + 1) * FRAME_S:
             for call in active:
@@ -460,6 +491,41 @@ def format_summary(results: Sequence[CallResult]) -> str:
     return "\n".join(lines)
 
 
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}"
+
+
+def format_turns(results: Sequence[CallResult]) -> str:
+    """Per caller utterance: when it was said, and the bot's reply / stop latency (ms)."""
+    lines = [
+        f"{'call':38} {'turn':>4} {'onset s':>8} {'end s':>7} {'over':>4} "
+        f"{'reply ms':>8} {'stop ms':>7}"
+    ]
+    for r in results:
+        for i, turn in enumerate(r.turns):
+            lines.append(
+                f"{r.call_id[:38]:38} {i + 1:>4} {turn.onset_s:>8.2f} {turn.end_s:>7.2f} "
+                f"{'yes' if turn.talked_over else '':>4} {_ms(turn.reply_ms):>8} "
+                f"{_ms(turn.stop_ms):>7}"
+            )
+    for name, values in (
+        ("end of speech -> reply", [t.reply_ms for r in results for t in r.turns]),
+        ("onset -> StopAudio", [t.stop_ms for r in results for t in r.turns]),
+    ):
+        measured = [v for v in values if v is not None]
+        if measured:
+            p50, p95 = np.percentile(measured, [50, 95])
+            lines.append(
+                f"{name}: p50 {p50:.0f} ms  p95 {p95:.0f} ms  max {max(measured):.0f} ms  "
+                f"n {len(measured)}"
+            )
+    return "\n".join(lines)
+
+
+def _any_reaction(results: Sequence[CallResult]) -> bool:
+    return any(t.reply_ms is not None or t.stop_ms is not None for r in results for t in r.turns)
+
+
 def _run(args: argparse.Namespace, settings: Any) -> int:
     del settings
     try:
@@ -511,6 +577,9 @@ def _run(args: argparse.Namespace, settings: Any) -> int:
             json.dump(report, out, indent=2)
     if not args.quiet:
         print(format_summary(results))
+        if args.turns or _any_reaction(results):
+            print()
+            print(format_turns(results))
     return 0 if all(r.completed for r in results) else 1
 
 
@@ -547,6 +616,11 @@ def register(subparsers: Any) -> None:
         type=float,
         default=2.0,
         help="after the last frame, wait up to this long for audio to play out",
+    )
+    parser.add_argument(
+        "--turns",
+        action="store_true",
+        help="print the per-utterance table even when the bot neither replied nor stopped",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress line or summary")
     parser.set_defaults(run=_run)

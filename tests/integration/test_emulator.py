@@ -8,6 +8,7 @@ import itertools
 import json
 import os
 import sys
+import time
 import wave
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -131,6 +132,37 @@ async def test_unmixed_sends_a_tagged_stream_per_participant(
     assert str(ids[1]).startswith("4:+1")
     assert all(f.silent for f in by_participant[ids[1]])
     assert b"".join(f.pcm for f in by_participant[ids[2]]) == talkers[2]
+
+
+async def test_a_reply_after_the_callers_speech_is_measured_as_a_turn() -> None:
+    """A bot that answers once the caller fell silent: one turn, its reply measured."""
+
+    async def answer(conn: ServerConnection) -> None:
+        session, spoke, quiet, answered = InboundSession(), False, 0, False
+        async for message in conn:
+            parsed = session.receive(message)
+            if isinstance(parsed, AudioData):
+                spoke = spoke or not parsed.silent
+                quiet = quiet + 1 if parsed.silent else 0
+                if spoke and quiet == 25 and not answered:  # 0.5 s of silence after speech
+                    answered = True
+                    data = base64.b64encode(bytes(640 * 5) + b"\x10\x27" * 320 * 20).decode()
+                    await conn.send(SPELLINGS[1].format(data))
+
+    talker = synth_talker(RATE, 2.0, (0.2, 1.0), 150.0, seed=4)
+    before_ms = time.time() * 1000
+    async with serve(answer, "127.0.0.1", 0) as server:
+        port = next(iter(server.sockets)).getsockname()[1]
+        [result] = await simulate(f"ws://127.0.0.1:{port}", [talker], linger_s=1.0)
+    assert result.completed
+    assert before_ms <= result.started_at_ms <= time.time() * 1000
+    [turn] = result.turns
+    assert 0.1 < turn.onset_s < turn.end_s < 1.5
+    assert not turn.talked_over
+    assert turn.reply_ms is not None
+    assert turn.reply_ms > 0
+    assert turn.stop_ms is None
+    assert result.summary()["turns"][0]["reply_ms"] == turn.reply_ms
 
 
 async def test_a_server_closing_with_an_error_fails_the_call() -> None:
