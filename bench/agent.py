@@ -433,13 +433,7 @@ async def worker(
         try:
             yield proc
         finally:
-            if proc.returncode is None:
-                proc.terminate()
-                try:
-                    await asyncio.wait_for(proc.wait(), 15)
-                except TimeoutError:
-                    proc.kill()
-                    await proc.wait()
+            await servers.stop(proc)
             await drain
             if proc.returncode not in (0, -15):
                 print(f"worker {kind} exited with {proc.returncode}:\n{''.join(log)}")

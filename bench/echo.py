@@ -456,13 +456,7 @@ async def child_process(
     try:
         yield proc
     finally:
-        if proc.returncode is None:
-            proc.terminate()
-            try:
-                await asyncio.wait_for(proc.wait(), STOP_TIMEOUT_S)
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
+        await servers.stop(proc, STOP_TIMEOUT_S)
         _CHILDREN.pop(proc.pid, None)
 
 

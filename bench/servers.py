@@ -72,13 +72,18 @@ async def running(
                 await asyncio.sleep(0.1)
         yield Server(name, proc.pid, port)
     finally:
-        if proc.returncode is None:
-            proc.terminate()
-            try:
-                await asyncio.wait_for(proc.wait(), 15)
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
+        await stop(proc)
+
+
+async def stop(proc: asyncio.subprocess.Process, timeout_s: float = 15.0) -> None:
+    """SIGTERM a child that still runs, and wait for it; SIGKILL after ``timeout_s``."""
+    if proc.returncode is None:
+        proc.terminate()
+        try:
+            await asyncio.wait_for(proc.wait(), timeout_s)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
 
 
 def gateway(env: Mapping[str, str]) -> tuple[list[str], int]:
