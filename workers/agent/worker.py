@@ -1,22 +1,25 @@
 """The ``agent`` worker kind: a voice agent that answers callers with synthesized speech.
 
-Its input is the call's events, as the transcriber publishes them (no audio of its own):
-``call.started`` (it greets the caller), final ``transcript`` events (it answers through the
-dialog flow, :mod:`.dialog`), ``dtmf`` (keypad entries fill the slot being asked for) and
-``speech.started`` (barge-in: the caller talking over the agent stops its audio), until
-``transcribe.done``. Each reply is synthesized sentence by sentence (:mod:`.tts`) and played
-through the runtime's audio output; each turn is an ``agent.turn`` event.
+Its input is the call's audio and its events, until ``transcribe.done``: ``call.started`` (it
+greets the caller), final ``transcript`` events (it answers through the dialog flow,
+:mod:`.dialog`, or an LLM, :mod:`.llm`), ``dtmf`` (keypad entries fill the slot being asked
+for) and ``playback.mark`` (where playback of its turns began and ended). Each reply is
+synthesized sentence by sentence (:mod:`.tts`) and played through the runtime's audio output
+between two marks; each turn is an ``agent.turn`` event, published when it has ended: played,
+barged in on, or cut off by the call's end.
+
+Barge-in (:mod:`.bargein`): while a turn plays, the caller's frames are listened to; voice holds
+the agent's audio at once (``ctx.audio.pause()``), enough of it stops it (``stop()``), and a
+burst that ends short of that (a backchannel, a cough) lets it play on (``resume()``).
 
 The dialog's state lives in ``ctx.state``, saved at every checkpoint, so a replica that takes
 the call over continues the conversation where it was; turn numbers key the events, so a turn
 replayed after a takeover is not published twice.
 
 Whose speech it answers: on an unmixed call only the caller's (every participant but none is
-the agent: ACS does not stream the bot's own audio back); on a mixed call the mix includes the
-agent's own voice, so a final transcript that falls within the agent's own playback is taken
-for its voice and not answered. Barge-in follows ``speech.started`` on unmixed calls; on mixed
-calls the agent cannot yet tell its own voice from the caller's at speech onset, and does not
-stop.
+the agent: ACS does not stream the bot's own audio back); on a mixed call a final transcript
+that falls mostly within the agent's own playback is taken for its voice and not answered; and
+a final that began while a turn played on to its end (a backchannel) is not answered either.
 """
 
 from __future__ import annotations
@@ -100,7 +103,6 @@ class AgentHandler:
         state.setdefault("playing", [0, 0])
         state.setdefault("heard_over", [])  # [start, end] of turns played to their end
         state.setdefault("held_at", None)  # call ms the audio was held (a possible barge-in)
-        state.setdefault("barge_ins", {"held": 0, "resumed": 0, "stopped": 0})
         if state["held_at"] is not None:
             # Taken over while its audio was held: this replica did not hear the burst's start,
             # so it plays on; a caller still talking holds and stops it again.
@@ -308,6 +310,9 @@ class AgentHandler:
         if not any(r["first_audio_at_ms"] is not None for r in state["open"].values()):
             if self._detectors:
                 self._detectors.clear()
+            if state["held_at"] is not None:  # held as its last turn reached its end: let go
+                self._ctx.audio.resume()
+                state["held_at"] = None
             return
         detector = self._detectors.get(frame.channel)
         if detector is None:
@@ -315,13 +320,11 @@ class AgentHandler:
         decision = detector.push(frame.pcm, silent=frame.silent)
         if decision is None:
             return
-        counts = state["barge_ins"]
         now_ms = max(0, frame.ts_ms - self._ctx.call.time_ms)
         if decision is Decision.HOLD:
             if state["held_at"] is None:
                 self._ctx.audio.pause()
                 state["held_at"] = now_ms
-                counts["held"] += 1
                 for record in state["open"].values():
                     record["holds"] += 1
         elif decision is Decision.RESUME:
@@ -330,14 +333,12 @@ class AgentHandler:
                 held_ms = max(0, now_ms - state["held_at"])
                 state["playing"][1] += held_ms  # the rest plays that much later
                 state["held_at"] = None
-                counts["resumed"] += 1
         else:  # Decision.STOP
             if self._replying is not None:
                 self._replying.cancel()  # an LLM still generating: say no more
             self._ctx.audio.stop()
             state["held_at"] = None
             state["playing"][1] = now_ms
-            counts["stopped"] += 1
             self._close_turns(BARGED_IN, now_ms)
             self._detectors.clear()
             log.info("call %s: the caller barged in", self._ctx.call.call_id)

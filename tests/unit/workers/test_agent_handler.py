@@ -224,3 +224,12 @@ async def test_a_caller_can_barge_in_while_the_llm_is_still_generating() -> None
     assert reply.data["ended"] == "barged_in"
     assert reply.data["text"] == "Let me look into that for you."
     assert call.ctx.state["history"][-1] == ["assistant", "Let me look into that for you."]
+
+
+async def test_a_hold_as_the_turn_ends_is_let_go_so_the_next_reply_plays() -> None:
+    call = await greeted()
+    await call.talk(np.concatenate([silence(0.2), voiced(0.3)]))  # held, the burst not over
+    call.now_ms = 2000
+    await call.mark("agent:1:end")  # reached just before the hold took effect
+    await call.talk(silence(0.1))
+    assert call.log()[-2:] == ["pause", "resume"]
