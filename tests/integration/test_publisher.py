@@ -92,13 +92,13 @@ async def test_a_killed_connection_is_replaced_and_nothing_is_lost(
 ) -> None:
     metrics = IngressMetrics(CollectorRegistry())
     failures = Failures()
-    async with Publisher(settings.redis_url, metrics, failures) as publisher:
+    # Its own name: other gateways (another test run sharing this Redis) name theirs the same.
+    name = f"{PUBLISHER_CLIENT_NAME}-{settings.prefix}"
+    async with Publisher(settings.redis_url, metrics, failures, client_name=name) as publisher:
         for seq in range(100):
             publisher.publish("kept", frame_command(settings, "kept", seq), 1.0)
         await publisher.drain()
-        [publisher_client] = [
-            c for c in await redis.client_list() if c["name"] == PUBLISHER_CLIENT_NAME
-        ]
+        [publisher_client] = [c for c in await redis.client_list() if c["name"] == name]
         await redis.client_kill_filter(_id=publisher_client["id"])
         for seq in range(100, 200):
             publisher.publish("kept", frame_command(settings, "kept", seq), 1.0)
@@ -110,9 +110,7 @@ async def test_a_killed_connection_is_replaced_and_nothing_is_lost(
             for seq in range(200, 300):
                 publisher.publish("kept", frame_command(settings, "kept", seq), 1.0)
             while True:  # until Redis holds the batch (postponed client)
-                [client] = [
-                    c for c in await redis.client_list() if c["name"] == PUBLISHER_CLIENT_NAME
-                ]
+                [client] = [c for c in await redis.client_list() if c["name"] == name]
                 if "b" in client["flags"] or "P" in client["flags"]:
                     break
                 await asyncio.sleep(0.01)
