@@ -30,6 +30,7 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator, Sequence
+from concurrent.futures import Executor, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +69,14 @@ BYTES_PER_SAMPLE = 2
 MARK_PREFIX = "agent:"
 PLAYED, BARGED_IN, HUNG_UP = "played", "barged_in", "hung_up"
 DEFAULT_BARGE_IN = BargeInConfig()
+SYNTHESIS_THREADS = 4
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def _epoch_ms() -> int:
@@ -83,9 +92,12 @@ class AgentHandler:
         dialog: Dialog,
         voice: Synthesizer,
         llm: ChatLlm | None = None,
+        *,
         barge_in: BargeInConfig | None = DEFAULT_BARGE_IN,
+        synthesis: Executor | None = None,
     ) -> None:
         self._ctx = ctx
+        self._synthesis = synthesis  # the replica's synthesis threads (None: asyncio's pool)
         self._dialog = dialog
         self._voice = voice
         self._llm = llm
@@ -231,7 +243,9 @@ class AgentHandler:
         said: list[str] = []
         try:
             async for sentence in source:
-                pcm = await asyncio.to_thread(self._voice.synthesize, sentence, rate)
+                pcm = await asyncio.get_running_loop().run_in_executor(
+                    self._synthesis, self._voice.synthesize, sentence, rate
+                )
                 if str(turn) not in state["open"]:
                     break  # the caller barged in while this was being made: say no more
                 said.append(sentence)
@@ -375,10 +389,12 @@ def agent_factory(
     dialog: Dialog,
     voice: Synthesizer,
     llm: ChatLlm | None = None,
+    *,
     barge_in: BargeInConfig | None = DEFAULT_BARGE_IN,
+    synthesis: Executor | None = None,
 ) -> HandlerFactory:
     def factory(ctx: CallContext) -> CallHandler:
-        return AgentHandler(ctx, dialog, voice, llm, barge_in)
+        return AgentHandler(ctx, dialog, voice, llm, barge_in=barge_in, synthesis=synthesis)
 
     return factory
 
@@ -406,7 +422,10 @@ def configure(options: argparse.Namespace) -> HandlerFactory:
             )
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
-    return agent_factory(Dialog(flow), voice, llm, barge_in)
+    # Syntheses at once, for all the replica's calls: each already spreads over the cores
+    # (onnxruntime), and memory grows with each one running (docs/performance.md).
+    synthesis = ThreadPoolExecutor(options.synthesis_threads, thread_name_prefix="synthesis")
+    return agent_factory(Dialog(flow), voice, llm, barge_in=barge_in, synthesis=synthesis)
 
 
 def _add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -429,6 +448,14 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=("piper", "espeak", "azure"),
         default="piper",
         help="the voice: piper (offline, default), espeak (espeak-ng), azure (Azure Speech)",
+    )
+    parser.add_argument(
+        "--synthesis-threads",
+        type=_positive,
+        default=SYNTHESIS_THREADS,
+        metavar="N",
+        help="syntheses at once, for all the replica's calls; more wait their turn "
+        f"(default {SYNTHESIS_THREADS})",
     )
     defaults = DEFAULT_BARGE_IN
     parser.add_argument(
