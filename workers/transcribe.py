@@ -28,9 +28,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-import numpy as np
-import soxr
-
 from callstream.shared.entries import InEnd, InFrame, parse_id
 from callstream.workers.api import CallContext, CallHandler, HandlerFactory, Item, Kind
 from callstream.workers.stt.engine import Recognizer, RecognizerFactory, Result
@@ -47,17 +44,18 @@ from callstream.workers.vad import (
     PREROLL_FRAMES,
     START_WINDOW,
     STOP_FRAMES,
+    VAD_FRAME_BYTES,
+    VAD_RATE_HZ,
     Segmenter,
     SpeechAudio,
     SpeechStarted,
     SpeechStopped,
+    ToVadRate,
     VadEvent,
 )
 
 log = logging.getLogger(__name__)
 
-RATE_HZ = 16000  # what the voice activity detector gets
-FRAME_BYTES = RATE_HZ * FRAME_MS // 1000 * 2
 TIME_HISTORY = START_WINDOW + PREROLL_FRAMES + STOP_FRAMES + 10  # frames whose time is kept
 MAX_PARKED = 4  # recognizers kept for participants off a channel (ACS streams four at a time)
 
@@ -86,10 +84,7 @@ class _Stream:
     base_ms: int  # call offset of this stream's first frame seen here
     segmenter: Segmenter
     recognizer: Recognizer | None
-    resampler: soxr.ResampleStream | None
-    # 16 kHz audio for the detector; primed with a frame of silence so every call frame yields
-    # exactly one detector frame despite the resampler's delay.
-    pending: bytearray = field(default_factory=lambda: bytearray(FRAME_BYTES))
+    vad_frame: ToVadRate  # the call's 20 ms frame at its own rate in, one at 16 kHz out
     utterance_ms: int = 0  # call offset where the open utterance's speech started
     # The call's own frames (and their in-stream entry ids) the detector may still use (its
     # pre-roll window), and the open utterance's first entry: what a new owner reads again.
@@ -115,18 +110,6 @@ class _Stream:
         if self.segmenter.in_speech:
             return self.utterance_id
         return self.recent[0][0] if self.recent else None
-
-    def vad_frame(self, pcm: bytes) -> bytes:
-        """The call's 20 ms frame at its own rate in, one 20 ms frame at 16 kHz out."""
-        if self.resampler is None:
-            return pcm
-        samples = np.frombuffer(pcm, dtype="<i2")
-        self.pending += self.resampler.resample_chunk(samples).tobytes()
-        if len(self.pending) < FRAME_BYTES:  # not yet: the resampler is still filling up
-            self.pending[:0] = bytes(FRAME_BYTES - len(self.pending))
-        frame = bytes(self.pending[:FRAME_BYTES])
-        del self.pending[:FRAME_BYTES]
-        return frame
 
 
 class Transcriber:
@@ -169,7 +152,7 @@ class Transcriber:
                 # The engine gets the call's own audio: the same frames, at the call's rate.
                 native: VadEvent = detected
                 if isinstance(detected, SpeechStarted):
-                    back = min(len(stream.recent), len(detected.audio) // FRAME_BYTES)
+                    back = min(len(stream.recent), len(detected.audio) // VAD_FRAME_BYTES)
                     stream.utterance_id = stream.recent[-back][0]
                     native = replace(
                         detected, audio=b"".join(pcm for _, pcm in list(stream.recent)[-back:])
@@ -207,11 +190,9 @@ class Transcriber:
             channel=frame.channel,
             participant=frame.participant,
             base_ms=frame.ts_ms - self.start_ts_ms,
-            segmenter=Segmenter(RATE_HZ),
+            segmenter=Segmenter(VAD_RATE_HZ),
             recognizer=None,
-            resampler=None
-            if self._rate_hz == RATE_HZ
-            else soxr.ResampleStream(self._rate_hz, RATE_HZ, 1, dtype="int16"),
+            vad_frame=ToVadRate(self._rate_hz),
         )
 
     def _finish(self, stream: _Stream) -> list[Outgoing]:

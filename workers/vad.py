@@ -17,6 +17,8 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 
+import numpy as np
+import soxr
 import webrtcvad
 
 FRAME_MS = 20
@@ -26,6 +28,33 @@ PREROLL_FRAMES = 10  # 200 ms before the window that triggered
 STOP_FRAMES = 25  # 500 ms without speech ends an utterance
 MAX_UTTERANCE_FRAMES = 1000  # 20 s: a longer one is split
 AGGRESSIVENESS = 2  # webrtcvad 0 (least) to 3 (most eager to call a frame non-speech)
+VAD_RATE_HZ = 16000  # what callers of the detector give it (webrtcvad takes no 24 kHz)
+VAD_FRAME_BYTES = VAD_RATE_HZ * FRAME_MS // 1000 * 2
+
+
+class ToVadRate:
+    """A stream's 20 ms frames at its call's rate in, 20 ms frames at 16 kHz out, one for one
+    (soxr, streaming). Primed with a frame of silence, so every call frame yields exactly one
+    detector frame despite the resampler's delay."""
+
+    def __init__(self, rate_hz: int) -> None:
+        self._resampler = (
+            None
+            if rate_hz == VAD_RATE_HZ
+            else soxr.ResampleStream(rate_hz, VAD_RATE_HZ, 1, dtype="int16")
+        )
+        self._pending = bytearray(VAD_FRAME_BYTES)
+
+    def __call__(self, pcm: bytes) -> bytes:
+        if self._resampler is None:
+            return pcm
+        samples = np.frombuffer(pcm, dtype="<i2")
+        self._pending += self._resampler.resample_chunk(samples).tobytes()
+        if len(self._pending) < VAD_FRAME_BYTES:  # not yet: the resampler is still filling up
+            self._pending[:0] = bytes(VAD_FRAME_BYTES - len(self._pending))
+        frame = bytes(self._pending[:VAD_FRAME_BYTES])
+        del self._pending[:VAD_FRAME_BYTES]
+        return frame
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,12 +26,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
-import soxr
 import webrtcvad
 
-FRAME_MS = 20
-VAD_RATE_HZ = 16000
-VAD_FRAME_BYTES = VAD_RATE_HZ * FRAME_MS // 1000 * 2
+from callstream.workers.vad import FRAME_MS, VAD_RATE_HZ, ToVadRate
+
 PITCH_HZ = (60.0, 400.0)
 MIN_LEVEL = 100.0  # RMS (of 32768) below which a frame is taken as silence whatever its shape
 
@@ -94,14 +92,8 @@ class BargeIn:
 
     def __init__(self, rate_hz: int, config: BargeInConfig | None = None) -> None:
         self.config = config or BargeInConfig()
-        self._rate_hz = rate_hz
         self._vad = webrtcvad.Vad(self.config.aggressiveness)
-        self._resampler = (
-            None
-            if rate_hz == VAD_RATE_HZ
-            else soxr.ResampleStream(rate_hz, VAD_RATE_HZ, 1, dtype="int16")
-        )
-        self._pending = bytearray()
+        self._to_vad_rate = ToVadRate(rate_hz)
         self._previous = np.zeros(VAD_RATE_HZ * FRAME_MS // 1000)
         self.reset()
 
@@ -118,9 +110,7 @@ class BargeIn:
 
     def is_voice(self, pcm: bytes) -> bool:
         """Whether one 20 ms frame at the stream's rate is voice (see the module's text)."""
-        frame = self._at_vad_rate(pcm)
-        if frame is None:
-            return False
+        frame = self._to_vad_rate(pcm)
         samples = np.frombuffer(frame, dtype="<i2").astype(np.float64)
         window = np.concatenate((self._previous, samples))  # 40 ms: two periods at 60 Hz
         self._previous = samples
@@ -155,14 +145,3 @@ class BargeIn:
             self._held = True
             return Decision.HOLD
         return None
-
-    def _at_vad_rate(self, pcm: bytes) -> bytes | None:
-        if self._resampler is None:
-            return pcm if len(pcm) == VAD_FRAME_BYTES else None
-        samples = np.frombuffer(pcm, dtype="<i2")
-        self._pending += self._resampler.resample_chunk(samples).tobytes()
-        if len(self._pending) < VAD_FRAME_BYTES:
-            return None
-        frame = bytes(self._pending[:VAD_FRAME_BYTES])
-        del self._pending[:VAD_FRAME_BYTES]
-        return frame

@@ -7,13 +7,8 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from callstream.workers.agent.bargein import (
-    FRAME_MS,
-    BargeIn,
-    BargeInConfig,
-    Decision,
-    periodicity,
-)
+from callstream.workers.agent.bargein import BargeIn, BargeInConfig, Decision, periodicity
+from callstream.workers.vad import FRAME_MS
 
 RATE = 16000
 
