@@ -42,6 +42,7 @@ from callstream.emulator.wav import write_stereo_wav
 from callstream.ingress.server import Gateway
 from callstream.localredis import ensure_redis
 from callstream.shared.audio import FRAME_MS, Mode, chunk, frame_bytes_for, is_silent
+from callstream.shared.catalogue import AGENT_TURN
 from callstream.shared.entries import StreamEntries, XReadReply
 from callstream.shared.errors import CallstreamError
 from callstream.shared.events import DTMF, Event
@@ -57,7 +58,6 @@ DONE_TIMEOUT_S = 30.0  # how long the workers may take to finish the call after 
 # own length: end-of-speech detection, recognition and synthesis (~1 s), then a short pause.
 REPLY_MARGIN_S = 2.0
 CALLER_VOICE = "slt"  # flite's voice for the caller (PocketSphinx hears the lines below well)
-AGENT_TURN = "agent.turn"
 INSIGHTS = frozenset({"nlp.sentiment", "nlp.key_phrases", "nlp.intent", "nlp.pii"})
 BYTES_PER_SAMPLE = 2
 

@@ -50,7 +50,7 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from callstream.shared.catalogue import done_kind
+from callstream.shared.catalogue import AGENT_TURN, done_kind
 from callstream.shared.entries import XReadReply
 from callstream.shared.errors import BusError, ConfigError, EventError
 from callstream.shared.events import Event, parse_iso_ms
@@ -78,7 +78,6 @@ PARTIAL_MARK = ":partial:"
 SPEECH_TYPES = ("speech.started", "speech.stopped")
 NLP_PREFIX = "nlp."
 SUMMARY = "nlp.summary"
-AGENT_TURN = "agent.turn"
 
 
 # --------------------------------------------------------------------------- selection

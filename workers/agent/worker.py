@@ -34,7 +34,7 @@ from concurrent.futures import Executor, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from callstream.shared.catalogue import PLAYBACK_MARK, TRANSCRIPT
+from callstream.shared.catalogue import AGENT_TURN, PLAYBACK_MARK, TRANSCRIPT
 from callstream.shared.errors import ConfigError
 from callstream.shared.events import CALL_STARTED, DTMF, Event
 from callstream.workers.agent.bargein import BargeIn, BargeInConfig, Decision
@@ -55,7 +55,6 @@ from callstream.workers.api import (
 log = logging.getLogger(__name__)
 
 NAME = "agent"
-TURN = "agent.turn"
 INPUTS = Inputs(
     audio=True,
     events=frozenset({CALL_STARTED, TRANSCRIPT, DTMF, PLAYBACK_MARK}),
@@ -311,7 +310,7 @@ class AgentHandler:
             "offset": start_ms * TICKS_PER_MS,
             "duration": max(0, end_ms - start_ms) * TICKS_PER_MS,
         }
-        self._ctx.events.publish(TURN, data, key=str(record["turn"]))
+        self._ctx.events.publish(AGENT_TURN, data, key=str(record["turn"]))
 
     # ---------------------------------------------------------------- listening
 

@@ -10,11 +10,12 @@ from typing import cast
 
 import numpy as np
 
+from callstream.shared.catalogue import AGENT_TURN
 from callstream.shared.entries import InEnd, InFrame
 from callstream.shared.events import CALL_STARTED, Event
 from callstream.workers.agent.dialog import Dialog, parse_flow
 from callstream.workers.agent.llm import ChatLlm
-from callstream.workers.agent.worker import TURN, AgentHandler
+from callstream.workers.agent.worker import AgentHandler
 from callstream.workers.api import Item
 from callstream.workers.testing import MemoryContext, memory_context
 from tests.unit.workers.test_agent_bargein import silence, voiced
@@ -83,7 +84,7 @@ class Call:
         ]
 
     def turns(self) -> list[Event]:
-        return self.ctx.events.of_type(TURN)
+        return self.ctx.events.of_type(AGENT_TURN)
 
 
 async def greeted() -> Call:
